@@ -7,10 +7,15 @@ import math
 import torch
 from pyro.distributions import TorchDistribution, constraints
 from torch.distributions.utils import broadcast_all
-from torch.special import i0e, ndtri
+from torch.special import ndtri
 
 from ._implicit import implicit_reparameterize
-from .special import bessel_ratio_complement, log_marcum_q, rice_standard_moments
+from .special import (
+    bessel_ratio_complement,
+    i0e_nonnegative,
+    log_marcum_q,
+    rice_standard_moments,
+)
 
 __all__ = ["Rice"]
 
@@ -128,7 +133,7 @@ def _log_prob(z, nu, sigma):
         torch.log(z)
         - 2 * torch.log(sigma)
         - (z - nu) ** 2 / (2 * sigma**2)
-        + torch.log(i0e(z * nu / sigma**2))
+        + torch.log(i0e_nonnegative(z * nu / sigma**2))
     )
 
 

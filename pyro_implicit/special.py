@@ -1,8 +1,9 @@
 r"""Special functions that PyTorch lacks.
 
 * :func:`log_marcum_q`: the logarithms of :math:`1 - Q_1(a, b)` and :math:`Q_1(a, b)`, where
-  :math:`Q_1` is the Marcum Q-function, accurate to about 1e-12 relative in float64 in both tails,
-  with closed-form derivatives in :math:`a` and :math:`b`.
+  :math:`Q_1` is the Marcum Q-function, with closed-form derivatives in :math:`a` and :math:`b`.
+  Relative error in float64 against mpmath: about 1e-12 for :math:`a \le 10^3` in both tails,
+  1.5e-10 at :math:`a = 10^4` (there the conditioning of the inputs alone is about 1e-12).
 * :func:`bessel_ratio_complement`: :math:`1 - I_1(x)/I_0(x)` without cancellation for large
   :math:`x`.
 * :func:`rice_standard_moments`: mean and variance of :math:`\mathrm{Rice}(a, 1)`.
@@ -17,8 +18,9 @@ radial Gaussian mass along the rays from the origin that cross the disc gives, f
     1 - Q_1(a, b) = \frac{1}{\pi}\int_0^{\pi/2} e^{-r_1^2/2}
         \left(1 - e^{-2ab\cos\phi\cos t}\right) \frac{b\cos t}{a\cos\phi}\,dt,
 
-an integral of positive terms, evaluated with Gauss-Legendre panels placed on the Gaussian peak
-at :math:`t = 0` (width :math:`\sqrt{a/b}/(a-b)`) and on the boundary layer at :math:`t = \pi/2`.
+an integral of positive terms, evaluated with three Gauss-Legendre panels: on the Gaussian peak
+at :math:`t = 0` (width :math:`\sqrt{a/b}/(a-b)`), and on the fall-off (over :math:`\sim a - b`)
+and the boundary layer that precede :math:`t = \pi/2`.
 For :math:`b > a` the identity
 :math:`Q_1(a, b) = e^{-(a^2+b^2)/2} I_0(ab) + 1 - Q_1(b, a)` reduces to the same integral, again
 without cancellation, and for :math:`a \le b < 1` the Poisson series
@@ -32,14 +34,22 @@ import math
 
 import numpy as np
 import torch
+from torch.distributions.utils import broadcast_all
 from torch.special import i0e, i1e
 
-__all__ = ["bessel_ratio_complement", "log_marcum_q", "rice_standard_moments"]
+__all__ = [
+    "bessel_ratio_complement",
+    "i0e_nonnegative",
+    "log1mexp",
+    "log_marcum_q",
+    "rice_standard_moments",
+]
 
 _NODES, _WEIGHTS = np.polynomial.legendre.leggauss(32)
 _NODES, _WEIGHTS = (_NODES + 1) / 2, _WEIGHTS / 2  # on [0, 1]
 _PEAK_WIDTHS = 13.0  # the peak is cut 13 widths out, where it is below exp(-84)
 _LAYER_WIDTHS = 5.0
+_FALLOFF_WIDTHS = 4.0
 _SERIES_TERMS = 20  # the small-b series: (1/2)^20 / 20! < 1e-24
 _HALF_PI = math.pi / 2
 
@@ -56,6 +66,26 @@ _VARIANCE_ASYMPTOTIC = (
     -202794141375 / 4294967296, -4115096976375 / 17179869184,
 )  # fmt: skip
 _VARIANCE_ASYMPTOTIC_FROM = 30.0
+
+
+class _I0eNonnegative(torch.autograd.Function):
+    """``i0e(x)`` for ``x >= 0``, differentiated from the right at ``x = 0``: torch takes the
+    derivative of ``exp(-|x|) I0(x)`` at its kink as 0 (``sgn(0) = 0``), not ``i1e - i0e``."""
+
+    @staticmethod
+    def forward(ctx, x):
+        y = i0e(x)
+        ctx.save_for_backward(x, y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, y = ctx.saved_tensors
+        return grad * (i1e(x) - y)
+
+
+def i0e_nonnegative(x):
+    return _I0eNonnegative.apply(x)
 
 
 def _polyval(coeffs, x):
@@ -75,12 +105,15 @@ def bessel_ratio_complement(x: torch.Tensor) -> torch.Tensor:
     r""":math:`1 - I_1(x)/I_0(x)` for :math:`x \ge 0`, by its asymptotic series for large
     :math:`x`, where the direct difference would cancel."""
     large = x >= _RATIO_ASYMPTOTIC_FROM
-    # Each branch sees only inputs where it is finite, so that gradients stay finite.
+    # The direct branch sees only inputs where it is used, so that gradients stay finite.
     x_small = torch.where(large, 0.0, x)
-    inv = 1 / torch.where(large, x, _RATIO_ASYMPTOTIC_FROM)
-    direct = 1 - i1e(x_small) / i0e(x_small)
-    asymptotic = inv * _polyval(_RATIO_ASYMPTOTIC, inv)
-    return torch.where(large, asymptotic, direct)
+    out = 1 - i1e(x_small) / i0e(x_small)
+    # The series is evaluated only on the elements that need it: in eager PyTorch it would
+    # otherwise cost two dozen full-size passes per call (XLA fuses the JAX twin's `where`).
+    if large.any():
+        inv = 1 / x[large]
+        out = out.masked_scatter(large, inv * _polyval(_RATIO_ASYMPTOTIC, inv))
+    return out
 
 
 def rice_standard_moments(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,7 +125,7 @@ def rice_standard_moments(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     in :math:`1/y` where the difference would cancel.
     """
     y = a * a / 4
-    mean = math.sqrt(math.pi / 2) * ((1 + 2 * y) * i0e(y) + 2 * y * i1e(y))
+    mean = math.sqrt(math.pi / 2) * ((1 + 2 * y) * i0e_nonnegative(y) + 2 * y * i1e(y))
     large = y >= _VARIANCE_ASYMPTOTIC_FROM
     direct = 2 + a * a - mean * mean
     inv = 1 / torch.where(large, y, _VARIANCE_ASYMPTOTIC_FROM)
@@ -101,23 +134,25 @@ def rice_standard_moments(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _gauss_panel(a, b, lo, hi):
-    """Gauss-Legendre integral over [lo, hi] of the lower-tail integrand (without its peak
-    factor exp(-(a-b)^2/2)); a, b, lo, hi broadcast together."""
+    """Gauss-Legendre integral over [lo, hi] of the lower-tail integrand without its factors
+    exp(-(a-b)^2/2) and b^2; a, b, lo, hi broadcast together."""
     nodes = torch.as_tensor(_NODES, dtype=a.dtype, device=a.device)
     weights = torch.as_tensor(_WEIGHTS, dtype=a.dtype, device=a.device)
     a, b, lo, hi = (v.unsqueeze(-1) for v in (a, b, lo, hi))
     t = lo + (hi - lo) * nodes
-    sin_phi = (b / a) * torch.sin(t)
-    cos_phi = torch.sqrt((1 - sin_phi) * (1 + sin_phi))
-    cos_t = torch.cos(t)
+    sin_t, cos_t = torch.sin(t), torch.cos(t)
+    sin_phi = (b / a) * sin_t
+    # cos^2 phi = cos^2 t + (1 - b^2/a^2) sin^2 t: positive even where sin_phi rounds to 1 (t
+    # near pi/2 with b close to a), where sqrt((1 - sin_phi)(1 + sin_phi)) would give 0 and a NaN.
+    cos_phi = torch.sqrt(cos_t**2 + ((a - b) / a) * ((a + b) / a) * sin_t**2)
     # excess = r_1 - (a - b), written without cancellation near t = 0
     excess = 2 * b * torch.sin(t / 2) ** 2 - a * sin_phi**2 / (1 + cos_phi)
-    integrand = (
-        torch.exp(-excess * (excess + 2 * (a - b)) / 2)
-        * -torch.expm1(-2 * a * b * cos_phi * cos_t)
-        * (b * cos_t)
-        / (a * cos_phi)
-    )
+    # (b cos t / (a cos phi)) (1 - e^-y) with y = 2ab cos phi cos t equals
+    # 2 b^2 cos^2 t (1 - e^-y) / y: b^2 is taken out (the caller adds 2 log b), so that the far
+    # lower tail, b -> 0, does not underflow.
+    y = 2 * a * b * cos_phi * cos_t
+    relative_expm1 = torch.where(y > 0, -torch.expm1(-y) / torch.where(y > 0, y, 1.0), 1.0)
+    integrand = torch.exp(-excess * (excess + 2 * (a - b)) / 2) * 2 * cos_t**2 * relative_expm1
     return ((hi - lo) * (integrand * weights).sum(-1, keepdim=True)).squeeze(-1)
 
 
@@ -126,13 +161,20 @@ def _log_lower_tail(a, b):
     width = torch.sqrt(a / b) / (a - b)  # of the Gaussian peak at t = 0; inf when a == b
     cut = _PEAK_WIDTHS * width < _HALF_PI
     end = torch.where(cut, _PEAK_WIDTHS * width, _HALF_PI)
-    # Without the cut, a second panel resolves the layer at t = pi/2, whose width shrinks with
-    # the distance of b/a from 1 and with 1/sqrt(ab).
+    # Without the cut, two more panels resolve the approach to t = pi/2: there the near-side
+    # distance grows like (a - b) / cos t, so the integrand falls off over ~(a - b), and a layer
+    # shrinks with the distance of b/a from 1 and with 1/sqrt(ab).
     layer = _LAYER_WIDTHS * (torch.sqrt((1 - b / a) * (1 + b / a)) + torch.rsqrt(a * b))
-    split = torch.where(cut, end / 2, end - torch.minimum(end / 2, layer))
+    falloff = torch.maximum(2 * layer, _FALLOFF_WIDTHS * (a - b))
+    first = torch.where(cut, end / 2, end - torch.minimum(end / 2, falloff))
+    second = torch.where(cut, 3 * end / 4, end - torch.minimum(end / 4, layer))
     zero = torch.zeros_like(a)
-    total = _gauss_panel(a, b, zero, split) + _gauss_panel(a, b, split, end)
-    return -((a - b) ** 2) / 2 + torch.log(total / math.pi)
+    total = (
+        _gauss_panel(a, b, zero, first)
+        + _gauss_panel(a, b, first, second)
+        + _gauss_panel(a, b, second, end)
+    )
+    return -((a - b) ** 2) / 2 + 2 * torch.log(b) + torch.log(total / math.pi)
 
 
 def _log_small_lower_tail(a, b):
@@ -182,9 +224,11 @@ class _LogMarcumQ(torch.autograd.Function):
         a, b, log_p, log_q = ctx.saved_tensors
         # d(1-Q)/db = b exp(-(a^2+b^2)/2) I0(ab) (the density), d(1-Q)/da = -b e^.. I1(ab).
         peak = torch.log(b) - (b - a) ** 2 / 2
-        log_db = peak + torch.log(i0e(a * b))
-        log_da = peak + torch.log(i1e(a * b))
-        da = -grad_p * torch.exp(log_da - log_p) + grad_q * torch.exp(log_da - log_q)
+        log_db = peak + torch.log(i0e_nonnegative(a * b))
+        # I1 as a factor, not through log(i1e): its derivative stays finite at a = 0, where
+        # I1(ab) = 0, so that second derivatives there are not 0 * inf.
+        i1_scaled = i1e(a * b)
+        da = (-grad_p * torch.exp(peak - log_p) + grad_q * torch.exp(peak - log_q)) * i1_scaled
         db = grad_p * torch.exp(log_db - log_p) - grad_q * torch.exp(log_db - log_q)
         return da, db
 
@@ -199,5 +243,5 @@ def log_marcum_q(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.
     :math:`\partial_b (1 - Q_1) = b e^{-(a^2+b^2)/2} I_0(ab)` and
     :math:`\partial_a (1 - Q_1) = -b e^{-(a^2+b^2)/2} I_1(ab)`.
     """
-    a, b = torch.broadcast_tensors(*torch.utils._pytree.tree_map(torch.as_tensor, (a, b)))
+    a, b = broadcast_all(a, b)
     return _LogMarcumQ.apply(a, b)
