@@ -97,8 +97,12 @@ def _polyval(coeffs, x):
 
 
 def log1mexp(x: torch.Tensor) -> torch.Tensor:
-    """``log(1 - exp(x))`` for ``x <= 0``, accurate on both sides of ``-log 2``."""
-    return torch.where(x > -math.log(2), torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
+    r""":math:`\log(1 - e^x)` for :math:`x \le 0`, accurate on both sides of :math:`-\log 2`."""
+    near = x > -math.log(2)
+    # Each branch sees only inputs where it is finite, so that gradients stay finite.
+    x_near = torch.where(near, x, -1.0)
+    x_far = torch.where(near, -1.0, x)
+    return torch.where(near, torch.log(-torch.expm1(x_near)), torch.log1p(-torch.exp(x_far)))
 
 
 def bessel_ratio_complement(x: torch.Tensor) -> torch.Tensor:
