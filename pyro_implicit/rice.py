@@ -11,7 +11,7 @@ from torch.special import ndtri
 
 from ._implicit import implicit_reparameterize
 from .special import (
-    bessel_ratio_complement,
+    bessel_ratio,
     i0e_nonnegative,
     log_marcum_q,
     rice_standard_moments,
@@ -29,8 +29,9 @@ def _rice_sample_grad(z, nu, sigma):
     and :math:`\partial z/\partial\sigma = (z - \nu r)/\sigma`, the latter written as
     :math:`(z - \nu + \nu(1 - r))/\sigma` so that it does not cancel when :math:`\nu \gg \sigma`.
     """
-    complement = bessel_ratio_complement(z * nu / sigma**2)
-    return 1 - complement, (z - nu + nu * complement) / sigma
+    # Parameters usually have fewer elements than z: divide them first.
+    ratio, complement = bessel_ratio(z * (nu / sigma**2))
+    return ratio, (z - nu) / sigma + (nu / sigma) * complement
 
 
 class Rice(TorchDistribution):

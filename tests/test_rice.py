@@ -31,6 +31,27 @@ def closed_form_grads(z, nu, sigma):
     return np.array(out).T.reshape((2, *np.shape(z)))
 
 
+def bessel_ratio(x):
+    with mp.workdps(40):
+        r = [mp.besseli(1, mp.mpf(float(v))) / mp.besseli(0, mp.mpf(float(v))) for v in x]
+        return np.array([float(v) for v in r]), np.array([float(1 - v) for v in r])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_bessel_ratio_matches_mpmath(backend, dtype):
+    """I1/I0 and its complement across the switches between approximations (20, 40, 100)."""
+    x = np.concatenate([np.geomspace(1e-8, 1e4, 400), np.linspace(15.0, 105.0, 400)])
+    x = x.astype(dtype)  # compare at the very inputs the backend sees
+    make = backend._t if backend.name == "torch" else backend._a
+    ratio, complement = backend.lib.special.bessel_ratio(make(x, dtype))
+    ref_ratio, ref_complement = bessel_ratio(x)
+    # The ratio to a few roundings; the complement 1 - r, where it is formed by subtraction
+    # (x < 100 at most), loses a factor r/(1 - r) < 2x, so it gets 200 times the tolerance.
+    tol = 1e-14 if dtype == "float64" else 1e-6
+    assert np.max(rel_err(np.asarray(ratio), ref_ratio)) < tol
+    assert np.max(rel_err(np.asarray(complement), ref_complement)) < 200 * tol
+
+
 # (nu, sigma): nu/sigma from 0 (Rayleigh) to 1e4, and a tiny scale.
 GRAD_CASES = [(0.0, 1.0), (0.5, 1.0), (3.0, 1.0), (2.0, 0.5), (0.1, 1e-3), (100.0, 1.0), (1e4, 1.0)]
 
