@@ -21,14 +21,13 @@ A host whose adapter cannot be imported is skipped with a note on stderr.
 
 from __future__ import annotations
 
-import statistics
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
+from timing import median_times
 
 # float64 runs need x64; enabled before numpyro_implicit (imported lazily below) makes arrays.
 jax.config.update("jax_enable_x64", True)
@@ -151,20 +150,6 @@ def default_device():
 # ---- the benchmarks ------------------------------------------------------------------------
 
 
-def _median_times(steps, repeats):
-    """Median wall time in seconds of each step, warmed up, the steps interleaved."""
-    for run in steps.values():
-        run()
-        run()
-    times = {name: [] for name in steps}
-    for _ in range(repeats):
-        for name, run in steps.items():
-            start = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
-
-
 def speed(n=N, device=None, repeats=7):
     """Speed: rsample + gradient of z.sum() in (nu, sigma) = (1, 1), median wall time."""
     device = device or default_device()
@@ -173,7 +158,7 @@ def speed(n=N, device=None, repeats=7):
         if not _available(host):
             continue
         for dtype in DTYPES:
-            t = _median_times(make_steps(dtype, n, device), repeats)
+            t = median_times(make_steps(dtype, n, device), repeats)
             rows.append(
                 {
                     "host": _host_label(host, device),

@@ -1,6 +1,6 @@
 """Run the package's benchmarks and write their results.
 
-    python benchmarks/run.py [--quick] [--device cpu|cuda]
+    python benchmarks/run.py [--quick] [--device cpu|cuda] [--only MODULE ...]
 
 Each module named in :data:`MODULES` (a file next to this one) provides ``BENCHMARKS``, a list of
 functions ``fn(n, device) -> rows`` (a list of dicts, one per table row; the first line of the
@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-MODULES = ["rice"]  # add e.g. "truncated", "mixture" as they are written
+MODULES = ["rice", "truncated", "mixture"]
 RESULTS = Path(__file__).resolve().parent / "results"
 
 if importlib.util.find_spec("pyro_implicit") is None:  # not `pip install -e .`-ed: a checkout
@@ -63,13 +63,14 @@ def main():
     parser.add_argument(
         "--device", choices=["cpu", "cuda"], help="torch device (default: cuda if available)"
     )
+    parser.add_argument("--only", nargs="+", choices=MODULES, help="run only these modules")
     args = parser.parse_args()
 
     import torch
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     RESULTS.mkdir(exist_ok=True)
-    for name in MODULES:
+    for name in args.only or MODULES:
         module = importlib.import_module(name)
         n = module.N_QUICK if args.quick else module.N
         sections, tables = [f"# Benchmarks: {name}\n\n{header(device)}"], {}

@@ -7,7 +7,18 @@ differentiation of their CDF (Figurnov, Mohamed and Mnih, 2018).
 
 from . import special
 from ._implicit import implicit_reparameterize
+from .mixture import MixtureSameFamily, ScoreTrace_ELBO
 from .rice import Rice
+from .truncated import TruncatedDistribution
+from .truncated_normal import TruncatedNormal
 
-__all__ = ["Rice", "implicit_reparameterize", "special"]
+__all__ = [
+    "MixtureSameFamily",
+    "Rice",
+    "ScoreTrace_ELBO",
+    "TruncatedDistribution",
+    "TruncatedNormal",
+    "implicit_reparameterize",
+    "special",
+]
 __version__ = "0.1.0"

@@ -29,6 +29,7 @@ def implicit_reparameterize(
     cdf: Callable[..., jax.Array] | None = None,
     log_prob: Callable[..., jax.Array] | None = None,
     grad: Callable[..., Sequence[jax.Array]] | None = None,
+    solve: Callable[..., jax.Array] | None = None,
 ) -> jax.Array:
     r"""Return ``sample`` with the implicit reparameterization gradient attached.
 
@@ -42,7 +43,7 @@ def implicit_reparameterize(
     uses is the custom-JVP function itself, whose own dependence on the parameters is thereby
     differentiated in higher-order derivatives.
 
-    Give either ``cdf`` and ``log_prob``, or ``grad``:
+    Give either ``cdf`` and ``log_prob``, or ``grad``, or (multivariate) ``cdf`` and ``solve``:
 
     :param sample: an exact draw from :math:`q_\phi`, without gradient (it is wrapped in
         :func:`jax.lax.stop_gradient`).
@@ -55,10 +56,18 @@ def implicit_reparameterize(
         (the log-density when ``cdf`` is the CDF).
     :param grad: ``grad(z, *params)`` returning one array :math:`\partial z/\partial \phi_i` per
         parameter, elementwise and broadcastable to ``z``: a closed form, used instead of ``cdf``.
+    :param solve: for a multivariate standardization :math:`S(z; \phi)` (``cdf`` then returns
+        :math:`S`, of the shape of ``z``, whose Jacobian :math:`J = \partial S/\partial z` in the
+        trailing event dimension is invertible, e.g. triangular), ``solve(z, *params, v)``
+        returns :math:`J^{-1} v`, linear in ``v`` (JAX transposes it for reverse mode), so that
+        :math:`\dot z = -J^{-1}\,\partial S/\partial\phi\,\dot\phi`. It replaces ``log_prob``.
     """
     params = tuple(params)
-    if grad is None and (cdf is None or log_prob is None):
-        raise TypeError("implicit_reparameterize needs either `grad`, or both `cdf` and `log_prob`")
+    if grad is None and (cdf is None or (log_prob is None and solve is None)):
+        raise TypeError(
+            "implicit_reparameterize needs either `grad`, or both `cdf` and `log_prob` "
+            "(or `cdf` and `solve`)"
+        )
     arrays = []
     for i, p in enumerate(params):
         try:
@@ -67,7 +76,23 @@ def implicit_reparameterize(
             raise TypeError(
                 f"params[{i}] must be a JAX array or array-like, got {type(p).__name__}"
             ) from error
+    if solve is not None:
+        # One nondiff argument carries both callables, so the univariate signature is unchanged.
+        log_prob = _Solve(solve)
     return _implicit_sample(cdf, log_prob, grad, lax.stop_gradient(sample), *arrays)
+
+
+class _Solve:
+    """Marks ``solve`` in the ``log_prob`` slot of :func:`_implicit_sample`."""
+
+    def __init__(self, solve):
+        self.solve = solve
+
+    def __hash__(self):
+        return hash(self.solve)
+
+    def __eq__(self, other):
+        return isinstance(other, _Solve) and other.solve == self.solve
 
 
 @partial(jax.custom_jvp, nondiff_argnums=(0, 1, 2))
@@ -115,5 +140,8 @@ def _cdf_jvp(cdf, log_prob, z, params, params_dot):
     free = [p for p, d in zip(params, differentiable, strict=True) if d]
     free_dot = [t for t, d in zip(params_dot, differentiable, strict=True) if d]
     _, cdf_dot = jax.jvp(cdf_of, free, free_dot)
-    z_dot = -cdf_dot * jnp.exp(-log_prob(z, *params))
+    if isinstance(log_prob, _Solve):
+        z_dot = -log_prob.solve(z, *params, cdf_dot)
+    else:
+        z_dot = -cdf_dot * jnp.exp(-log_prob(z, *params))
     return jnp.broadcast_to(z_dot, jnp.shape(z)).astype(jnp.result_type(z))

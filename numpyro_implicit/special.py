@@ -41,10 +41,14 @@ from jax.scipy.special import i0e, i1e
 
 __all__ = [
     "bessel_ratio",
+    "gammainc",
+    "gammaincc",
     "i0e_nonnegative",
     "log1mexp",
+    "log_gammainc_pair",
     "log_marcum_q",
     "rice_standard_moments",
+    "student_t_log_cdf_pair",
 ]
 
 _NODES, _WEIGHTS = np.polynomial.legendre.leggauss(32)
@@ -257,3 +261,392 @@ def log_marcum_q(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
     """
     a, b = jnp.broadcast_arrays(*_as_float(a, b))
     return _log_marcum_q_ad(a, b)
+
+
+# --- Incomplete gamma and Student t CDF, in log space with parameter derivatives -------------
+#
+# ``jax.scipy.special.gammainc`` is not in log space (its tails underflow) and ``betainc`` has no
+# derivative in its shape parameters, so the Student t CDF has no df-derivative. Both are computed
+# here in log space by the classical series and continued fractions, carrying the derivative in
+# the shape parameters along the iteration (forward mode), which converges with the value.
+
+_MAX_ITERATIONS = 2000  # enough for shapes up to ~1e4 at the slowest point x ~ a
+_FPMIN = 1e-30  # Lentz's guard against division by zero (representable in float32)
+
+
+def _eps(x):
+    return jnp.finfo(x.dtype).eps
+
+
+def _log_gammainc_series(a, x):
+    """log P(a, x) and its a-derivative by the series, for 0 < x < a + 1."""
+    # P = x^a e^-x / Gamma(a + 1) sum_n t_n, t_n = prod_{k<=n} x / (a + k); carry
+    # d(log t_n)/da = -sum_{k<=n} 1 / (a + k).
+    eps = _eps(x)
+
+    def cond(state):
+        n, term, dlog_term, total, dtotal = state
+        converged = (term <= eps * total) & (jnp.abs(term * dlog_term) <= eps * jnp.abs(dtotal))
+        return (n < _MAX_ITERATIONS) & ~jnp.all(converged)
+
+    def body(state):
+        n, term, dlog_term, total, dtotal = state
+        n = n + 1
+        term = term * x / (a + n)
+        dlog_term = dlog_term - 1 / (a + n)
+        return n, term, dlog_term, total + term, dtotal + term * dlog_term
+
+    one, zero = jnp.ones_like(x), jnp.zeros_like(x)
+    # One step first: the stopping rule needs a nonzero derivative term.
+    state = body((jnp.asarray(0, x.dtype), one, zero, one, zero))
+    _, _, _, total, dtotal = lax.while_loop(cond, body, state)
+    log_p = a * jnp.log(x) - x - lax.lgamma(a + 1) + jnp.log(total)
+    dlog_p = jnp.log(x) - lax.digamma(a + 1) + dtotal / total
+    return log_p, dlog_p
+
+
+def _log_gammaincc_cf(a, x):
+    """log Q(a, x) and its a-derivative by Legendre's continued fraction (modified Lentz), for
+    x >= a + 1."""
+    # Q = x^a e^-x / Gamma(a) h, h = 1/(b0 + a1/(b1 + a2/(b2 + ...))), b_i = x + 2i + 1 - a,
+    # a_i = -i (i - a). Tangents in a are carried as logarithmic derivatives r = d log(.)/da.
+    eps = _eps(x)
+
+    def cond(state):
+        i, _, _, _, _, _, _, r_h, delta, step = state
+        # The derivative can lag the value: at integer a the fraction terminates (a_a = 0) while
+        # its a-derivative does not, so both must have converged.
+        converged = (jnp.abs(delta - 1) <= eps) & (jnp.abs(step) <= eps * jnp.abs(r_h))
+        return (i < _MAX_ITERATIONS) & ~jnp.all(converged)
+
+    def body(state):
+        i, b, d, r_d, c, r_c, log_h, r_h, _, _ = state
+        i = i + 1
+        an = -i * (i - a)  # d an/da = i
+        b = b + 2
+        big_d = an * d + b
+        r_big_d = (i * d + an * d * r_d - 1) / big_d
+        big_d = jnp.where(jnp.abs(big_d) < _FPMIN, _FPMIN, big_d)
+        big_c = b + an / c
+        r_big_c = (-1 + i / c - an / c * r_c) / big_c
+        big_c = jnp.where(jnp.abs(big_c) < _FPMIN, _FPMIN, big_c)
+        d, r_d = 1 / big_d, -r_big_d
+        c, r_c = big_c, r_big_c
+        delta = d * c
+        step = r_d + r_c
+        return i, b, d, r_d, c, r_c, log_h + jnp.log(delta), r_h + step, delta, step
+
+    b = x + 1 - a
+    d = 1 / b
+    c = jnp.full_like(x, 1 / _FPMIN)
+    zero = jnp.zeros_like(x)
+    state = (jnp.asarray(0, x.dtype), b, d, 1 / b, c, zero, jnp.log(d), 1 / b, zero, zero + 1)
+    state = lax.while_loop(cond, body, body(state))
+    log_h, r_h = state[6], state[7]
+    log_q = a * jnp.log(x) - x - lax.lgamma(a) + log_h
+    dlog_q = jnp.log(x) - lax.digamma(a) + r_h
+    return log_q, dlog_q
+
+
+@jax.jit  # compiled once per shape: eager calls would otherwise recompile the loops each time
+def _log_gammainc_impl(a, x):
+    """(log P, log Q, d log P/da, d log Q/da) for a > 0, x > 0."""
+    series = x < a + 1
+    # Each method sees only inputs in its own region (others get a harmless stand-in).
+    log_p_s, dlog_p_s = _log_gammainc_series(a, jnp.where(series, x, a / 2))
+    a_cf = jnp.where(series, jnp.ones_like(a), a)
+    log_q_c, dlog_q_c = _log_gammaincc_cf(a_cf, jnp.where(series, a_cf + 2, x))
+    log_p = jnp.where(series, log_p_s, log1mexp(jnp.minimum(log_q_c, 0.0)))
+    log_q = jnp.where(series, log1mexp(jnp.minimum(log_p_s, 0.0)), log_q_c)
+    # P dlogP/da = -Q dlogQ/da, each formed from the smaller side, so that no ratio overflows.
+    dlog_p = jnp.where(series, dlog_p_s, -jnp.exp(log_q - log_p) * dlog_q_c)
+    dlog_q = jnp.where(series, -jnp.exp(log_p - log_q) * dlog_p_s, dlog_q_c)
+    return log_p, log_q, dlog_p, dlog_q
+
+
+@jax.custom_jvp
+def _log_gammainc_pair(a, x):
+    return _log_gammainc_impl(a, x)[:2]
+
+
+@_log_gammainc_pair.defjvp
+def _log_gammainc_pair_jvp(primals, tangents):
+    a, x = primals
+    a_dot, x_dot = tangents
+    log_p, log_q, dlog_p, dlog_q = _log_gammainc_impl(a, x)
+    # d P/dx = x^(a-1) e^-x / Gamma(a), the gamma density
+    log_density = (a - 1) * jnp.log(x) - x - lax.lgamma(a)
+    p_dot = dlog_p * a_dot + jnp.exp(log_density - log_p) * x_dot
+    q_dot = dlog_q * a_dot - jnp.exp(log_density - log_q) * x_dot
+    return (log_p, log_q), (p_dot, q_dot)
+
+
+def log_gammainc_pair(a: jax.Array, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    r"""Return :math:`(\log P(a, x), \log Q(a, x))`, the logarithms of the regularized lower and
+    upper incomplete gamma functions, for :math:`a > 0`, :math:`x > 0`.
+
+    .. math:: P(a, x) = \frac{1}{\Gamma(a)}\int_0^x t^{a-1} e^{-t}\,dt, \qquad Q = 1 - P.
+
+    :math:`P` comes from the series
+    :math:`P = \frac{x^a e^{-x}}{\Gamma(a+1)}\sum_{n\ge0}\prod_{k=1}^n\frac{x}{a+k}` where
+    :math:`x < a + 1`, :math:`Q` from Legendre's continued fraction elsewhere, each in log space,
+    and the other from :math:`\log(1 - e^{\cdot})`, so that both tails are accurate. Differentiable
+    once (a :func:`jax.custom_jvp`) in :math:`a` and :math:`x`: the :math:`a`-derivative is
+    carried through the series or the continued fraction (relative error below 1e-11 in
+    float64 against mpmath for :math:`a \le 10^4`), the :math:`x`-derivative is the density.
+    Shapes up to about :math:`10^4` (the iteration count grows like :math:`\sqrt a`). Values
+    carry the rounding of :math:`\log\Gamma(a)` (relative :math:`\sim\epsilon\,a\log a`), and
+    the function taken as the complement of the other (:math:`Q` for :math:`x < a + 1`,
+    :math:`P` otherwise) a relative error :math:`\sim\epsilon P/Q` (resp.
+    :math:`\epsilon Q/P`), up to 1e-11 for small shapes.
+    """
+    a, x = jnp.broadcast_arrays(*_as_float(a, x))
+    return _log_gammainc_pair(a, x)
+
+
+def gammainc(a: jax.Array, x: jax.Array) -> jax.Array:
+    r"""The regularized lower incomplete gamma function :math:`P(a, x)`, differentiable in
+    :math:`a` and :math:`x` (see :func:`log_gammainc_pair`)."""
+    return jnp.exp(log_gammainc_pair(a, x)[0])
+
+
+def gammaincc(a: jax.Array, x: jax.Array) -> jax.Array:
+    r"""The regularized upper incomplete gamma function :math:`Q(a, x) = 1 - P(a, x)`."""
+    return jnp.exp(log_gammainc_pair(a, x)[1])
+
+
+def _lbeta(a, b):
+    return lax.lgamma(a) + lax.lgamma(b) - lax.lgamma(a + b)
+
+
+def _lentz_step(aa, daa_a, daa_b, d, rd_a, rd_b, c, rc_a, rc_b):
+    """One modified-Lentz update of (d, c) with their log-derivatives in a and b."""
+    big_d = 1 + aa * d
+    rbd_a = (daa_a * d + aa * d * rd_a) / big_d
+    rbd_b = (daa_b * d + aa * d * rd_b) / big_d
+    big_d = jnp.where(jnp.abs(big_d) < _FPMIN, _FPMIN, big_d)
+    big_c = 1 + aa / c
+    rbc_a = (daa_a - aa * rc_a) / c / big_c
+    rbc_b = (daa_b - aa * rc_b) / c / big_c
+    big_c = jnp.where(jnp.abs(big_c) < _FPMIN, _FPMIN, big_c)
+    return 1 / big_d, -rbd_a, -rbd_b, big_c, rbc_a, rbc_b
+
+
+def _log_betainc_cf(a, b, x, y):
+    """log I_x(a, b) with its derivatives in a and b at fixed x, for x < (a+1)/(a+b+2), y = 1-x,
+    by the continued fraction of Numerical Recipes (modified Lentz), carrying log-derivatives."""
+    eps = _eps(x)
+    # front = x^a y^b / (a B(a, b))
+    log_front = a * jnp.log(x) + b * jnp.log(y) - jnp.log(a) - _lbeta(a, b)
+    dfront_a = jnp.log(x) - 1 / a - lax.digamma(a) + lax.digamma(a + b)
+    dfront_b = jnp.log(y) - lax.digamma(b) + lax.digamma(a + b)
+    big_d = 1 - (a + b) * x / (a + 1)
+    # d/da (a+b)/(a+1) = (1-b)/(a+1)^2, d/db = 1/(a+1)
+    rd_a = -((-x * (1 - b) / (a + 1) ** 2) / big_d)
+    rd_b = -((-x / (a + 1)) / big_d)
+    big_d = jnp.where(jnp.abs(big_d) < _FPMIN, _FPMIN, big_d)
+    d = 1 / big_d
+    zero = jnp.zeros_like(x)
+
+    def cond(state):
+        m, _, _, _, _, _, _, _, rh_a, rh_b, delta, step_a, step_b = state
+        # The derivatives can lag the value (the fraction terminates at integer b, its
+        # b-derivative does not), so all three must have converged.
+        converged = (
+            (jnp.abs(delta - 1) <= eps)
+            & (jnp.abs(step_a) <= eps * jnp.abs(rh_a))
+            & (jnp.abs(step_b) <= eps * jnp.abs(rh_b))
+        )
+        return (m < _MAX_ITERATIONS) & ~jnp.all(converged)
+
+    def body(state):
+        m, d, rd_a, rd_b, c, rc_a, rc_b, log_h, rh_a, rh_b, _, _, _ = state
+        m = m + 1
+        m2 = 2 * m
+        # even step: aa = m (b - m) x / ((a - 1 + 2m)(a + 2m))
+        aa = m * (b - m) * x / ((a - 1 + m2) * (a + m2))
+        daa_a = -aa * (1 / (a - 1 + m2) + 1 / (a + m2))
+        daa_b = m * x / ((a - 1 + m2) * (a + m2))
+        d, rd_a, rd_b, c, rc_a, rc_b = _lentz_step(aa, daa_a, daa_b, d, rd_a, rd_b, c, rc_a, rc_b)
+        log_h = log_h + jnp.log(d * c)
+        rh_a, rh_b = rh_a + rd_a + rc_a, rh_b + rd_b + rc_b
+        # odd step: aa = -(a + m)(a + b + m) x / ((a + 2m)(a + 1 + 2m))
+        aa = -(a + m) * (a + b + m) * x / ((a + m2) * (a + 1 + m2))
+        daa_a = aa * (1 / (a + m) + 1 / (a + b + m) - 1 / (a + m2) - 1 / (a + 1 + m2))
+        daa_b = aa / (a + b + m)
+        d, rd_a, rd_b, c, rc_a, rc_b = _lentz_step(aa, daa_a, daa_b, d, rd_a, rd_b, c, rc_a, rc_b)
+        delta = d * c
+        step_a, step_b = rd_a + rc_a, rd_b + rc_b
+        return (
+            m, d, rd_a, rd_b, c, rc_a, rc_b, log_h + jnp.log(delta),
+            rh_a + step_a, rh_b + step_b, delta, step_a, step_b,
+        )  # fmt: skip
+
+    state = (jnp.asarray(0, x.dtype), d, rd_a, rd_b, jnp.ones_like(x), zero, zero)
+    state = (*state, jnp.log(d), rd_a, rd_b, zero, zero + 1, zero + 1)
+    state = lax.while_loop(cond, body, body(state))
+    return log_front + state[7], dfront_a + state[8], dfront_b + state[9]
+
+
+def _log_betainc_impl(a, b, x, y):
+    """log I_x(a, b), log(1 - I_x(a, b)) and d log I/da at fixed x, y = 1 - x."""
+    direct = x < (a + 1) / (a + b + 2)
+    # I_x(a, b) = 1 - I_y(b, a): each side evaluated where its continued fraction converges.
+    xs, ys = jnp.where(direct, x, y), jnp.where(direct, y, x)
+    first, second = jnp.where(direct, a, b), jnp.where(direct, b, a)
+    log_j, dj_first, dj_second = _log_betainc_cf(first, second, xs, ys)
+    log_jc = log1mexp(jnp.minimum(log_j, 0.0))
+    log_i = jnp.where(direct, log_j, log_jc)
+    log_ic = jnp.where(direct, log_jc, log_j)
+    # d I/da = -d J/d(second slot) on the symmetric side.
+    dlog_i = jnp.where(direct, dj_first, -jnp.exp(log_j - log_jc) * dj_second)
+    return log_i, log_ic, dlog_i
+
+
+def _student_t_log_pdf(df, t):
+    return (
+        lax.lgamma((df + 1) / 2)
+        - lax.lgamma(df / 2)
+        - 0.5 * jnp.log(df * math.pi)
+        - (df + 1) / 2 * jnp.log1p(t * t / df)
+    )
+
+
+@jax.jit  # compiled once per shape: eager calls would otherwise recompile the loops each time
+def _student_t_impl(df, t):
+    """(log F, log S, d log F/d df, d log S/d df) of the standard Student t at t."""
+    # The lower tail L = F(-|t|) = I_x(df/2, 1/2) / 2 with x = df / (df + t^2).
+    t2 = t * t
+    x, y = df / (df + t2), t2 / (df + t2)
+    zero = t == 0
+    y = jnp.where(zero, 0.5, y)  # at t = 0, L = 1/2 exactly (set below)
+    x = jnp.where(zero, 0.5, x)
+    half = jnp.full_like(df, 0.5)
+    a = df / 2
+    log_i, _, dlog_i_da = _log_betainc_impl(a, half, x, y)
+    log_l = log_i - math.log(2)
+    log_lc = log1mexp(jnp.minimum(log_l, 0.0))
+    # dL/d df / L = (1/2) dlogI/da + x^a y^(1/2) / (B(a, 1/2) df I) (x moves with df too).
+    log_dx_term = a * jnp.log(x) + 0.5 * jnp.log(y) - _lbeta(a, half) - jnp.log(df)
+    dlog_l = 0.5 * dlog_i_da + jnp.exp(log_dx_term - log_i)
+    log_l = jnp.where(zero, -math.log(2), log_l)
+    log_lc = jnp.where(zero, -math.log(2), log_lc)
+    dlog_l = jnp.where(zero, 0.0, dlog_l)
+    dlog_lc = -jnp.exp(log_l - log_lc) * dlog_l  # L <= 1/2: the ratio is at most 1
+    negative = t < 0
+    log_f = jnp.where(negative, log_l, log_lc)
+    log_s = jnp.where(negative, log_lc, log_l)
+    dlog_f = jnp.where(negative, dlog_l, dlog_lc)
+    dlog_s = jnp.where(negative, dlog_lc, dlog_l)
+    return log_f, log_s, dlog_f, dlog_s
+
+
+@jax.custom_jvp
+def _student_t_log_cdf_pair(df, t):
+    return _student_t_impl(df, t)[:2]
+
+
+@_student_t_log_cdf_pair.defjvp
+def _student_t_log_cdf_pair_jvp(primals, tangents):
+    df, t = primals
+    df_dot, t_dot = tangents
+    log_f, log_s, dlog_f, dlog_s = _student_t_impl(df, t)
+    log_pdf = _student_t_log_pdf(df, t)
+    f_dot = dlog_f * df_dot + jnp.exp(log_pdf - log_f) * t_dot
+    s_dot = dlog_s * df_dot - jnp.exp(log_pdf - log_s) * t_dot
+    return (log_f, log_s), (f_dot, s_dot)
+
+
+def student_t_log_cdf_pair(df: jax.Array, t: jax.Array) -> tuple[jax.Array, jax.Array]:
+    r"""Return :math:`(\log F_\nu(t), \log(1 - F_\nu(t)))` for the standard Student t
+    distribution with :math:`\nu > 0` degrees of freedom, accurate in both tails.
+
+    .. math:: F_\nu(t) = \tfrac12 I_{\nu/(\nu + t^2)}\left(\tfrac\nu2, \tfrac12\right)
+        \quad (t \le 0), \qquad F_\nu(t) = 1 - F_\nu(-t),
+
+    with the regularized incomplete beta function :math:`I` from its continued fraction (and
+    :math:`I_x(a, b) = 1 - I_{1-x}(b, a)` where that converges faster, with :math:`1 - x` formed
+    without cancellation). Differentiable once (a :func:`jax.custom_jvp`) in :math:`t` (the
+    density) and in :math:`\nu`, whose derivative is carried through the continued fraction.
+    """
+    df, t = jnp.broadcast_arrays(*_as_float(df, t))
+    return _student_t_log_cdf_pair(df, t)
+
+
+@jax.custom_jvp
+def _gamma_log_cdf_pair(a, rate, value):
+    return _log_gammainc_impl(a, rate * value)[:2]
+
+
+@_gamma_log_cdf_pair.defjvp
+def _gamma_log_cdf_pair_jvp(primals, tangents):
+    a, rate, value = primals
+    a_dot, rate_dot, value_dot = tangents
+    log_p, log_q, dlog_p, dlog_q = _log_gammainc_impl(a, rate * value)
+    # d log P / d log x = x^a e^-x / (Gamma(a) P), finite where x = rate value is subnormal in
+    # float32 (a small shape puts mass there), where d log P / dx = x^(a-1) ... overflows.
+    log_x = jnp.log(rate) + jnp.log(value)
+    log_xdensity = a * log_x - jnp.exp(log_x) - lax.lgamma(a)
+    log_x_dot = rate_dot / rate + value_dot / value
+    p_dot = dlog_p * a_dot + jnp.exp(log_xdensity - log_p) * log_x_dot
+    q_dot = dlog_q * a_dot - jnp.exp(log_xdensity - log_q) * log_x_dot
+    return (log_p, log_q), (p_dot, q_dot)
+
+
+def gamma_log_cdf_pair(
+    concentration: jax.Array, rate: jax.Array, value: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    r"""Return :math:`(\log F(v), \log(1 - F(v)))` of :math:`\mathrm{Gamma}(a, \beta)` at
+    :math:`v > 0`, i.e. :func:`log_gammainc_pair` at :math:`(a, \beta v)`, differentiable once in
+    all three; the derivatives in :math:`\beta` and :math:`v` go through
+    :math:`\partial\log P/\partial\log x = x^a e^{-x}/(\Gamma(a) P)`, which stays finite where
+    :math:`\beta v` is subnormal (float32 samples of a small shape)."""
+    concentration, rate, value = jnp.broadcast_arrays(*_as_float(concentration, rate, value))
+    return _gamma_log_cdf_pair(concentration, rate, value)
+
+
+def _cauchy_log_tails(x):
+    """(log F, log S) of the standard Cauchy, F(x) = atan2(1, -x)/pi: no cancellation."""
+    one = jnp.ones_like(x)
+    return jnp.log(jnp.arctan2(one, -x) / math.pi), jnp.log(jnp.arctan2(one, x) / math.pi)
+
+
+def _log1p_square(x, c):
+    """log(1 + x^2 / c) without overflow of x^2 (float32 overflows beyond |x| ~ 1e19)."""
+    big = jnp.abs(x) > jnp.sqrt(c)
+    # Each branch sees only the inputs where it is used, so that gradients stay finite.
+    x_big = jnp.where(big, x, 1.0)
+    x_small = jnp.where(big, 0.0, x)
+    return jnp.where(
+        big,
+        2 * jnp.log(jnp.abs(x_big)) - jnp.log(c) + jnp.log1p(c / (x_big * x_big)),
+        jnp.log1p(x_small * x_small / c),
+    )
+
+
+def _cauchy_log_density(x):
+    """log(1/(pi (1 + x^2))) without overflow of x^2."""
+    return -math.log(math.pi) - _log1p_square(x, 1.0)
+
+
+@jax.custom_jvp
+def _cauchy_log_cdf_pair(x):
+    return _cauchy_log_tails(x)
+
+
+@_cauchy_log_cdf_pair.defjvp
+def _cauchy_log_cdf_pair_jvp(primals, tangents):
+    (x,), (x_dot,) = primals, tangents
+    log_f, log_s = _cauchy_log_cdf_pair(x)
+    # q/F and q/S as exponentials of differences: differentiating atan2 forms 1/(1 + x^2),
+    # which underflows in float32 for |x| > 1e19 and turns these ratios into 0.
+    log_q = _cauchy_log_density(x)
+    return (log_f, log_s), (jnp.exp(log_q - log_f) * x_dot, -jnp.exp(log_q - log_s) * x_dot)
+
+
+def cauchy_log_cdf_pair(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    r"""Return :math:`(\log F(x), \log(1 - F(x)))` of the standard Cauchy distribution,
+    :math:`F(x) = \operatorname{atan2}(1, -x)/\pi`, exact in both tails, with the derivative
+    :math:`\partial_x \log F = q/F` formed in log space (finite far into the float32 tails)."""
+    (x,) = _as_float(x)
+    return _cauchy_log_cdf_pair(x)

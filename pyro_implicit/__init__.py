@@ -6,7 +6,17 @@ gradients computed by implicit differentiation of their CDF (Figurnov, Mohamed a
 
 from . import special
 from ._implicit import implicit_reparameterize
+from .mixture import MixtureSameFamily
 from .rice import Rice
+from .truncated import TruncatedDistribution
+from .truncated_normal import TruncatedNormal
 
-__all__ = ["Rice", "implicit_reparameterize", "special"]
+__all__ = [
+    "MixtureSameFamily",
+    "Rice",
+    "TruncatedDistribution",
+    "TruncatedNormal",
+    "implicit_reparameterize",
+    "special",
+]
 __version__ = "0.1.0"

@@ -26,6 +26,7 @@ def implicit_reparameterize(
     cdf: Callable[..., torch.Tensor] | None = None,
     log_prob: Callable[..., torch.Tensor] | None = None,
     grad: Callable[..., Sequence[torch.Tensor]] | None = None,
+    solve: Callable[..., torch.Tensor] | None = None,
 ) -> torch.Tensor:
     r"""Return ``sample`` with the implicit reparameterization gradient attached.
 
@@ -36,7 +37,7 @@ def implicit_reparameterize(
     and the result can be differentiated again (double backward), because the backward pass is
     written in differentiable operations of the output and the parameters.
 
-    Give either ``cdf`` and ``log_prob``, or ``grad``:
+    Give either ``cdf`` and ``log_prob``, or ``grad``, or (multivariate) ``cdf`` and ``solve``:
 
     :param sample: an exact draw from :math:`q_\phi`, without gradient (it is detached).
     :param params: the tensors :math:`\phi` that receive gradients, each broadcastable to
@@ -48,16 +49,26 @@ def implicit_reparameterize(
         (the log-density when ``cdf`` is the CDF).
     :param grad: ``grad(z, *params)`` returning one tensor :math:`\partial z/\partial \phi_i` per
         parameter, elementwise and broadcastable to ``z``: a closed form, used instead of ``cdf``.
+    :param solve: for a multivariate standardization :math:`S(z; \phi)` (``cdf`` then returns
+        :math:`S`, of the shape of ``z``, whose Jacobian :math:`J = \partial S/\partial z` in the
+        trailing event dimension is invertible, e.g. triangular), ``solve(z, *params, v)``
+        returns :math:`J^{-\top} v`, so that the gradient is
+        :math:`-(J^{-\top} v)^\top \partial S/\partial\phi`. It replaces ``log_prob`` and must
+        be written in differentiable operations for second derivatives. The backward pass
+        calls ``cdf`` and then ``solve`` at the same arguments, so the two may share work.
     """
     params = tuple(params)
-    if grad is None and (cdf is None or log_prob is None):
-        raise TypeError("implicit_reparameterize needs either `grad`, or both `cdf` and `log_prob`")
+    if grad is None and (cdf is None or (log_prob is None and solve is None)):
+        raise TypeError(
+            "implicit_reparameterize needs either `grad`, or both `cdf` and `log_prob` "
+            "(or `cdf` and `solve`)"
+        )
     for i, p in enumerate(params):
         if not isinstance(p, torch.Tensor):
             raise TypeError(f"params[{i}] must be a torch.Tensor, got {type(p).__name__}")
     if not any(p.requires_grad for p in params):
         return sample.detach()
-    return _ImplicitSample.apply((cdf, log_prob, grad), sample.detach(), *params)
+    return _ImplicitSample.apply((cdf, log_prob, grad, solve), sample.detach(), *params)
 
 
 class _ImplicitSample(torch.autograd.Function):
@@ -72,7 +83,7 @@ class _ImplicitSample(torch.autograd.Function):
     def backward(ctx, grad_z):
         z, *params = ctx.saved_tensors
         needs = ctx.needs_input_grad[2:]
-        cdf, log_prob, grad = ctx.fns
+        cdf, log_prob, grad, solve = ctx.fns
         if grad is not None:
             # dz/dphi_i in closed form; sum_to_size undoes the broadcast of phi_i to z.
             dz = grad(z, *params)
@@ -81,12 +92,13 @@ class _ImplicitSample(torch.autograd.Function):
                 for p, d, need in zip(params, dz, needs, strict=True)
             ]
         else:
-            grads = _cdf_vjp(cdf, log_prob, z, params, needs, grad_z)
+            grads = _cdf_vjp(cdf, log_prob, solve, z, params, needs, grad_z)
         return (None, None, *grads)
 
 
-def _cdf_vjp(cdf, log_prob, z, params, needs, grad_z):
-    """``grad_z . dz/dphi = -(grad_z / q) . dF/dphi``, the partial in phi at fixed z."""
+def _cdf_vjp(cdf, log_prob, solve, z, params, needs, grad_z):
+    """``grad_z . dz/dphi = -(grad_z / q) . dF/dphi``, the partial in phi at fixed z; with
+    ``solve``, ``-(J^-T grad_z) . dS/dphi``."""
     create_graph = torch.is_grad_enabled()  # true inside a double-backward pass
     with torch.enable_grad():
         # Aliases, not the saved tensors themselves: autograd.grad then sums only the paths
@@ -99,11 +111,18 @@ def _cdf_vjp(cdf, log_prob, z, params, needs, grad_z):
             inputs = [
                 p.detach().requires_grad_(need) for p, need in zip(params, needs, strict=True)
             ]
-        weight = -grad_z * torch.exp(-log_prob(z, *inputs))
+        # the standardization first: a `solve` may reuse what it computed at the same inputs
+        standard = cdf(z, *inputs)
+        if solve is None:
+            weight = -grad_z * torch.exp(-log_prob(z, *inputs))
+        else:
+            # the solve's own graph is needed only for second derivatives
+            with torch.set_grad_enabled(create_graph):
+                weight = -solve(z, *inputs, grad_z)
         wanted = [p for p, need in zip(inputs, needs, strict=True) if need]
         partials = iter(
             torch.autograd.grad(
-                cdf(z, *inputs), wanted, weight, create_graph=create_graph, allow_unused=True
+                standard, wanted, weight, create_graph=create_graph, allow_unused=True
             )
         )
     out = []

@@ -39,10 +39,14 @@ from torch.special import i0e, i1e
 
 __all__ = [
     "bessel_ratio",
+    "gammainc",
+    "gammaincc",
     "i0e_nonnegative",
     "log1mexp",
+    "log_gammainc_pair",
     "log_marcum_q",
     "rice_standard_moments",
+    "student_t_log_cdf_pair",
 ]
 
 _NODES, _WEIGHTS = np.polynomial.legendre.leggauss(32)
@@ -294,3 +298,374 @@ def log_marcum_q(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.
     """
     a, b = broadcast_all(a, b)
     return _LogMarcumQ.apply(a, b)
+
+
+# --- Incomplete gamma and Student t CDF, in log space with parameter derivatives -------------
+#
+# PyTorch's ``gammainc`` has no derivative in the shape and there is no Student t CDF at all.
+# Both are computed here in log space (so that both tails stay accurate) by the classical
+# series and continued fractions, carrying the derivative in the shape parameters along the
+# iteration (forward mode), which converges with the value itself.
+
+_MAX_ITERATIONS = 2000  # enough for shapes up to ~1e4 at the slowest point x ~ a
+_FPMIN = 1e-30  # Lentz's guard against division by zero (representable in float32)
+
+
+def _eps(x):
+    return torch.finfo(x.dtype).eps
+
+
+def _log_gammainc_series(a, x):
+    """log P(a, x) and its a-derivative by the series, for 0 < x < a + 1."""
+    # P = x^a e^-x / Gamma(a + 1) sum_n t_n, t_n = prod_{k<=n} x / (a + k); carry
+    # d(log t_n)/da = -sum_{k<=n} 1 / (a + k).
+    term, dlog_term = torch.ones_like(x), torch.zeros_like(x)
+    total, dtotal = torch.ones_like(x), torch.zeros_like(x)
+    eps = _eps(x)
+    for n in range(1, _MAX_ITERATIONS + 1):
+        term = term * x / (a + n)
+        dlog_term = dlog_term - 1 / (a + n)
+        total = total + term
+        dtotal = dtotal + term * dlog_term
+        # Stop when the value and its derivative have both converged.
+        if n % 8 == 0 and bool(
+            torch.all((term <= eps * total) & ((term * dlog_term).abs() <= eps * dtotal.abs()))
+        ):
+            break
+    log_p = a * torch.log(x) - x - torch.lgamma(a + 1) + torch.log(total)
+    dlog_p = torch.log(x) - torch.digamma(a + 1) + dtotal / total
+    return log_p, dlog_p
+
+
+def _log_gammaincc_cf(a, x):
+    """log Q(a, x) and its a-derivative by Legendre's continued fraction (modified Lentz), for
+    x >= a + 1."""
+    # Q = x^a e^-x / Gamma(a) h, h = 1/(b0 + a1/(b1 + a2/(b2 + ...))), b_i = x + 2i + 1 - a,
+    # a_i = -i (i - a). Tangents in a are carried as logarithmic derivatives r = d log(.)/da.
+    eps = _eps(x)
+    b = x + 1 - a
+    d = 1 / b
+    r_d = 1 / b  # d log(1/b)/da with db/da = -1
+    c = torch.full_like(x, 1 / _FPMIN)
+    r_c = torch.zeros_like(x)
+    log_h, r_h = torch.log(d), r_d
+    for i in range(1, _MAX_ITERATIONS + 1):
+        an = -i * (i - a)  # d an/da = i
+        b = b + 2
+        big_d = an * d + b
+        r_big_d = (i * d + an * d * r_d - 1) / big_d
+        big_d = torch.where(big_d.abs() < _FPMIN, _FPMIN, big_d)
+        big_c = b + an / c
+        r_big_c = (-1 + i / c - an / c * r_c) / big_c
+        big_c = torch.where(big_c.abs() < _FPMIN, _FPMIN, big_c)
+        d, r_d = 1 / big_d, -r_big_d
+        c, r_c = big_c, r_big_c
+        delta = d * c
+        log_h, r_h = log_h + torch.log(delta), r_h + r_d + r_c
+        # The derivative can lag the value: at integer a the fraction terminates (a_a = 0) while
+        # its a-derivative does not, so both must have converged.
+        if bool(torch.all(((delta - 1).abs() <= eps) & ((r_d + r_c).abs() <= eps * r_h.abs()))):
+            break
+    log_q = a * torch.log(x) - x - torch.lgamma(a) + log_h
+    dlog_q = torch.log(x) - torch.digamma(a) + r_h
+    return log_q, dlog_q
+
+
+def _log_gammainc_impl(a, x):
+    """(log P, log Q, d log P/da, d log Q/da) for a > 0, x > 0 (no gradient)."""
+    series = x < a + 1
+    # Each method sees only inputs in its own region (others get a harmless stand-in).
+    log_p_s, dlog_p_s = _log_gammainc_series(a, torch.where(series, x, a / 2))
+    a_cf = torch.where(series, torch.ones_like(a), a)
+    log_q_c, dlog_q_c = _log_gammaincc_cf(a_cf, torch.where(series, a_cf + 2, x))
+    log_p = torch.where(series, log_p_s, log1mexp(torch.clamp(log_q_c, max=0.0)))
+    log_q = torch.where(series, log1mexp(torch.clamp(log_p_s, max=0.0)), log_q_c)
+    # P dlogP/da = -Q dlogQ/da, each formed from the smaller side, so that no ratio overflows.
+    dlog_p = torch.where(series, dlog_p_s, -torch.exp(log_q - log_p) * dlog_q_c)
+    dlog_q = torch.where(series, -torch.exp(log_p - log_q) * dlog_p_s, dlog_q_c)
+    return log_p, log_q, dlog_p, dlog_q
+
+
+class _LogGammaincPair(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, a, x):
+        log_p, log_q, dlog_p, dlog_q = _log_gammainc_impl(a, x)
+        ctx.save_for_backward(a, x, log_p, log_q, dlog_p, dlog_q)
+        return log_p, log_q
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_p, grad_q):
+        a, x, log_p, log_q, dlog_p, dlog_q = ctx.saved_tensors
+        # d P/dx = x^(a-1) e^-x / Gamma(a), the gamma density
+        log_density = (a - 1) * torch.log(x) - x - torch.lgamma(a)
+        grad_a = grad_p * dlog_p + grad_q * dlog_q
+        grad_x = grad_p * torch.exp(log_density - log_p) - grad_q * torch.exp(log_density - log_q)
+        return grad_a, grad_x
+
+
+def log_gammainc_pair(a: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Return :math:`(\log P(a, x), \log Q(a, x))`, the logarithms of the regularized lower and
+    upper incomplete gamma functions, for :math:`a > 0`, :math:`x > 0`.
+
+    .. math:: P(a, x) = \frac{1}{\Gamma(a)}\int_0^x t^{a-1} e^{-t}\,dt, \qquad Q = 1 - P.
+
+    :math:`P` comes from the series
+    :math:`P = \frac{x^a e^{-x}}{\Gamma(a+1)}\sum_{n\ge0}\prod_{k=1}^n\frac{x}{a+k}` where
+    :math:`x < a + 1`, :math:`Q` from Legendre's continued fraction elsewhere, each in log space,
+    and the other from :math:`\log(1 - e^{\cdot})`, so that both tails are accurate. Differentiable
+    once in :math:`a` and :math:`x`: the :math:`a`-derivative is carried through the series or
+    the continued fraction (relative error below 1e-11 in float64 against mpmath for
+    :math:`a \le 10^4`), the
+    :math:`x`-derivative is the density :math:`x^{a-1}e^{-x}/\Gamma(a)`. Shapes up to about
+    :math:`10^4` (the iteration count grows like :math:`\sqrt a`). Values carry the rounding of
+    :math:`\log\Gamma(a)` (relative :math:`\sim\epsilon\,a\log a`), and the function taken as
+    the complement of the other (:math:`Q` for :math:`x < a + 1`, :math:`P` otherwise) a relative
+    error :math:`\sim\epsilon P/Q` (resp. :math:`\epsilon Q/P`), up to 1e-11 for small shapes.
+    """
+    a, x = broadcast_all(a, x)
+    return _LogGammaincPair.apply(a, x)
+
+
+def gammainc(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    r"""The regularized lower incomplete gamma function :math:`P(a, x)`, differentiable in
+    :math:`a` and :math:`x` (see :func:`log_gammainc_pair`)."""
+    return torch.exp(log_gammainc_pair(a, x)[0])
+
+
+def gammaincc(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    r"""The regularized upper incomplete gamma function :math:`Q(a, x) = 1 - P(a, x)`."""
+    return torch.exp(log_gammainc_pair(a, x)[1])
+
+
+def _lbeta(a, b):
+    return torch.lgamma(a) + torch.lgamma(b) - torch.lgamma(a + b)
+
+
+def _log_betainc_cf(a, b, x, y):
+    """log I_x(a, b) with its derivatives in a and b at fixed x, for x < (a+1)/(a+b+2), y = 1-x,
+    by the continued fraction of Numerical Recipes (modified Lentz), carrying log-derivatives."""
+    eps = _eps(x)
+    # front = x^a y^b / (a B(a, b))
+    log_front = a * torch.log(x) + b * torch.log(y) - torch.log(a) - _lbeta(a, b)
+    dfront_a = torch.log(x) - 1 / a - torch.digamma(a) + torch.digamma(a + b)
+    dfront_b = torch.log(y) - torch.digamma(b) + torch.digamma(a + b)
+    one = torch.ones_like(x)
+    big_d = 1 - (a + b) * x / (a + 1)
+    # d/da (a+b)/(a+1) = (1-b)/(a+1)^2, d/db = 1/(a+1)
+    rd_a = (-x * (1 - b) / (a + 1) ** 2) / big_d
+    rd_b = (-x / (a + 1)) / big_d
+    big_d = torch.where(big_d.abs() < _FPMIN, _FPMIN, big_d)
+    d, rd_a, rd_b = 1 / big_d, -rd_a, -rd_b
+    c, rc_a, rc_b = one, torch.zeros_like(x), torch.zeros_like(x)
+    log_h, rh_a, rh_b = torch.log(d), rd_a, rd_b
+
+    def step(aa, daa_a, daa_b, d, rd_a, rd_b, c, rc_a, rc_b):
+        big_d = 1 + aa * d
+        rbd_a = (daa_a * d + aa * d * rd_a) / big_d
+        rbd_b = (daa_b * d + aa * d * rd_b) / big_d
+        big_d = torch.where(big_d.abs() < _FPMIN, _FPMIN, big_d)
+        big_c = 1 + aa / c
+        rbc_a = (daa_a - aa * rc_a) / c / big_c
+        rbc_b = (daa_b - aa * rc_b) / c / big_c
+        big_c = torch.where(big_c.abs() < _FPMIN, _FPMIN, big_c)
+        return 1 / big_d, -rbd_a, -rbd_b, big_c, rbc_a, rbc_b
+
+    for m in range(1, _MAX_ITERATIONS + 1):
+        m2 = 2 * m
+        # even step: aa = m (b - m) x / ((a - 1 + 2m)(a + 2m))
+        aa = m * (b - m) * x / ((a - 1 + m2) * (a + m2))
+        daa_a = -aa * (1 / (a - 1 + m2) + 1 / (a + m2))
+        daa_b = m * x / ((a - 1 + m2) * (a + m2))
+        d, rd_a, rd_b, c, rc_a, rc_b = step(aa, daa_a, daa_b, d, rd_a, rd_b, c, rc_a, rc_b)
+        log_h = log_h + torch.log(d * c)
+        rh_a, rh_b = rh_a + rd_a + rc_a, rh_b + rd_b + rc_b
+        # odd step: aa = -(a + m)(a + b + m) x / ((a + 2m)(a + 1 + 2m))
+        aa = -(a + m) * (a + b + m) * x / ((a + m2) * (a + 1 + m2))
+        daa_a = aa * (1 / (a + m) + 1 / (a + b + m) - 1 / (a + m2) - 1 / (a + 1 + m2))
+        daa_b = aa / (a + b + m)
+        d, rd_a, rd_b, c, rc_a, rc_b = step(aa, daa_a, daa_b, d, rd_a, rd_b, c, rc_a, rc_b)
+        delta = d * c
+        log_h = log_h + torch.log(delta)
+        step_a, step_b = rd_a + rc_a, rd_b + rc_b
+        rh_a, rh_b = rh_a + step_a, rh_b + step_b
+        # The derivatives can lag the value (the fraction terminates at integer b, its
+        # b-derivative does not), so all three must have converged.
+        if bool(
+            torch.all(
+                ((delta - 1).abs() <= eps)
+                & (step_a.abs() <= eps * rh_a.abs())
+                & (step_b.abs() <= eps * rh_b.abs())
+            )
+        ):
+            break
+    return log_front + log_h, dfront_a + rh_a, dfront_b + rh_b
+
+
+def _log_betainc_impl(a, b, x, y):
+    """log I_x(a, b), log(1 - I_x(a, b)) and d log I/da at fixed x, y = 1 - x (no gradient)."""
+    direct = x < (a + 1) / (a + b + 2)
+    # I_x(a, b) = 1 - I_y(b, a): each side evaluated where its continued fraction converges.
+    xs, ys = torch.where(direct, x, y), torch.where(direct, y, x)
+    first, second = torch.where(direct, a, b), torch.where(direct, b, a)
+    log_j, dj_first, dj_second = _log_betainc_cf(first, second, xs, ys)
+    log_jc = log1mexp(torch.clamp(log_j, max=0.0))
+    log_i = torch.where(direct, log_j, log_jc)
+    log_ic = torch.where(direct, log_jc, log_j)
+    # d I/da = -d J/d(second slot) on the symmetric side.
+    dlog_i = torch.where(direct, dj_first, -torch.exp(log_j - log_jc) * dj_second)
+    return log_i, log_ic, dlog_i
+
+
+def _student_t_log_pdf(df, t):
+    return (
+        torch.lgamma((df + 1) / 2)
+        - torch.lgamma(df / 2)
+        - 0.5 * torch.log(df * math.pi)
+        - (df + 1) / 2 * torch.log1p(t * t / df)
+    )
+
+
+def _student_t_impl(df, t):
+    """(log F, log S, d log F/d df, d log S/d df) of the standard Student t at t (no gradient)."""
+    # The lower tail L = F(-|t|) = I_x(df/2, 1/2) / 2 with x = df / (df + t^2).
+    t2 = t * t
+    x, y = df / (df + t2), t2 / (df + t2)
+    zero = t == 0
+    y = torch.where(zero, 0.5, y)  # at t = 0, L = 1/2 exactly (set below)
+    x = torch.where(zero, 0.5, x)
+    half = torch.full_like(df, 0.5)
+    a = df / 2
+    log_i, log_ic, dlog_i_da = _log_betainc_impl(a, half, x, y)
+    log_l = log_i - math.log(2)
+    log_lc = log1mexp(torch.clamp(log_l, max=0.0))
+    # dL/d df / L = (1/2) dlogI/da + x^a y^(1/2) / (B(a, 1/2) df I) (x moves with df too).
+    log_dx_term = a * torch.log(x) + 0.5 * torch.log(y) - _lbeta(a, half) - torch.log(df)
+    dlog_l = 0.5 * dlog_i_da + torch.exp(log_dx_term - log_i)
+    log_l = torch.where(zero, -math.log(2), log_l)
+    log_lc = torch.where(zero, -math.log(2), log_lc)
+    dlog_l = torch.where(zero, 0.0, dlog_l)
+    dlog_lc = -torch.exp(log_l - log_lc) * dlog_l  # L <= 1/2: the ratio is at most 1
+    negative = t < 0
+    log_f = torch.where(negative, log_l, log_lc)
+    log_s = torch.where(negative, log_lc, log_l)
+    dlog_f = torch.where(negative, dlog_l, dlog_lc)
+    dlog_s = torch.where(negative, dlog_lc, dlog_l)
+    return log_f, log_s, dlog_f, dlog_s
+
+
+class _StudentTLogCdfPair(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, df, t):
+        log_f, log_s, dlog_f, dlog_s = _student_t_impl(df, t)
+        ctx.save_for_backward(df, t, log_f, log_s, dlog_f, dlog_s)
+        return log_f, log_s
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_f, grad_s):
+        df, t, log_f, log_s, dlog_f, dlog_s = ctx.saved_tensors
+        log_pdf = _student_t_log_pdf(df, t)
+        grad_df = grad_f * dlog_f + grad_s * dlog_s
+        grad_t = grad_f * torch.exp(log_pdf - log_f) - grad_s * torch.exp(log_pdf - log_s)
+        return grad_df, grad_t
+
+
+def student_t_log_cdf_pair(df: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Return :math:`(\log F_\nu(t), \log(1 - F_\nu(t)))` for the standard Student t
+    distribution with :math:`\nu > 0` degrees of freedom, accurate in both tails.
+
+    .. math:: F_\nu(t) = \tfrac12 I_{\nu/(\nu + t^2)}\left(\tfrac\nu2, \tfrac12\right)
+        \quad (t \le 0), \qquad F_\nu(t) = 1 - F_\nu(-t),
+
+    with the regularized incomplete beta function :math:`I` from its continued fraction (and
+    :math:`I_x(a, b) = 1 - I_{1-x}(b, a)` where that converges faster, with :math:`1 - x` formed
+    without cancellation). Differentiable once in :math:`t` (the density) and in :math:`\nu`,
+    whose derivative is carried through the continued fraction.
+    """
+    df, t = broadcast_all(df, t)
+    return _StudentTLogCdfPair.apply(df, t)
+
+
+class _GammaLogCdfPair(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, a, rate, value):
+        log_p, log_q, dlog_p, dlog_q = _log_gammainc_impl(a, rate * value)
+        ctx.save_for_backward(a, rate, value, log_p, log_q, dlog_p, dlog_q)
+        return log_p, log_q
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_p, grad_q):
+        a, rate, value, log_p, log_q, dlog_p, dlog_q = ctx.saved_tensors
+        # d log P / d log x = x^a e^-x / (Gamma(a) P), finite where x = rate value is subnormal in
+        # float32 (a small shape puts mass there), where d log P / dx = x^(a-1) ... overflows.
+        log_x = torch.log(rate) + torch.log(value)
+        log_xdensity = a * log_x - torch.exp(log_x) - torch.lgamma(a)
+        grad_log_x = grad_p * torch.exp(log_xdensity - log_p) - grad_q * torch.exp(
+            log_xdensity - log_q
+        )
+        grad_a = grad_p * dlog_p + grad_q * dlog_q
+        grad_rate = grad_log_x / rate if ctx.needs_input_grad[1] else None
+        grad_value = grad_log_x / value if ctx.needs_input_grad[2] else None
+        return grad_a, grad_rate, grad_value
+
+
+def gamma_log_cdf_pair(
+    concentration: torch.Tensor, rate: torch.Tensor, value: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Return :math:`(\log F(v), \log(1 - F(v)))` of :math:`\mathrm{Gamma}(a, \beta)` at
+    :math:`v > 0`, i.e. :func:`log_gammainc_pair` at :math:`(a, \beta v)`, differentiable once in
+    all three; the derivatives in :math:`\beta` and :math:`v` go through
+    :math:`\partial\log P/\partial\log x = x^a e^{-x}/(\Gamma(a) P)`, which stays finite where
+    :math:`\beta v` is subnormal (float32 samples of a small shape)."""
+    concentration, rate, value = broadcast_all(concentration, rate, value)
+    return _GammaLogCdfPair.apply(concentration, rate, value)
+
+
+def _cauchy_log_tails(x):
+    """(log F, log S) of the standard Cauchy, F(x) = atan2(1, -x)/pi: no cancellation."""
+    one = torch.ones_like(x)
+    return torch.log(torch.atan2(one, -x) / math.pi), torch.log(torch.atan2(one, x) / math.pi)
+
+
+def _log1p_square(x, c):
+    """log(1 + x^2 / c) without overflow of x^2 (float32 overflows beyond |x| ~ 1e19)."""
+    c = torch.as_tensor(c, dtype=x.dtype, device=x.device)
+    big = torch.abs(x) > torch.sqrt(c)
+    # Each branch sees only the inputs where it is used, so that gradients stay finite.
+    x_big = torch.where(big, x, 1.0)
+    x_small = torch.where(big, 0.0, x)
+    return torch.where(
+        big,
+        2 * torch.log(torch.abs(x_big)) - torch.log(c) + torch.log1p(c / (x_big * x_big)),
+        torch.log1p(x_small * x_small / c),
+    )
+
+
+def _cauchy_log_density(x):
+    """log(1/(pi (1 + x^2))) without overflow of x^2."""
+    return -math.log(math.pi) - _log1p_square(x, 1.0)
+
+
+class _CauchyLogCdfPair(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        log_f, log_s = _cauchy_log_tails(x)
+        ctx.save_for_backward(x, log_f, log_s)
+        return log_f, log_s
+
+    @staticmethod
+    def backward(ctx, grad_f, grad_s):
+        x, log_f, log_s = ctx.saved_tensors
+        # q/F and q/S as exponentials of differences: autograd through atan2 forms 1/(1 + x^2),
+        # which underflows in float32 for |x| > 1e19 and turns these ratios into 0.
+        log_q = _cauchy_log_density(x)
+        return grad_f * torch.exp(log_q - log_f) - grad_s * torch.exp(log_q - log_s)
+
+
+def cauchy_log_cdf_pair(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Return :math:`(\log F(x), \log(1 - F(x)))` of the standard Cauchy distribution,
+    :math:`F(x) = \operatorname{atan2}(1, -x)/\pi`, exact in both tails, with the derivative
+    :math:`\partial_x \log F = q/F` formed in log space (finite far into the float32 tails)."""
+    return _CauchyLogCdfPair.apply(x)

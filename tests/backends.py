@@ -9,6 +9,20 @@ from __future__ import annotations
 
 import numpy as np
 
+# Bases of TruncatedDistribution: family name -> names of its parameters, in constructor order
+# (the same in both hosts; "Rice" is this package's).
+TRUNCATION_BASES = {
+    "Laplace": ("loc", "scale"),
+    "Cauchy": ("loc", "scale"),
+    "Logistic": ("loc", "scale"),
+    "Gumbel": ("loc", "scale"),
+    "Exponential": ("rate",),
+    "Gamma": ("concentration", "rate"),
+    "LogNormal": ("loc", "scale"),
+    "StudentT": ("df", "loc", "scale"),
+    "Rice": ("nu", "sigma"),
+}
+
 
 def _sample_shape(n, nu, sigma):
     return (n, *np.broadcast_shapes(np.shape(nu), np.shape(sigma)))
@@ -70,6 +84,76 @@ class TorchBackend:
         d = self.lib.Rice(self._t(nu, dtype), self._t(sigma, dtype))
         return d.mean.detach().numpy(), d.variance.detach().numpy()
 
+    # --- truncated distributions (family names and parameter order: TRUNCATION_BASES) ----------
+
+    def _base(self, family, params):
+        import pyro.distributions as dist
+
+        cls = self.lib.Rice if family == "Rice" else getattr(dist, family)
+        return cls(*params)
+
+    def truncated(self, family, params, low, high, dtype, validate_args=None):
+        """The truncated distribution itself, for error and shape checks (None bounds kept)."""
+        params = [self._t(p, dtype) for p in params]
+        low = None if low is None else self._t(low, dtype)
+        high = None if high is None else self._t(high, dtype)
+        return self.lib.TruncatedDistribution(
+            self._base(family, params), low, high, validate_args=validate_args
+        )
+
+    def truncated_sample_grads(self, family, params, low, high, n, seed, dtype):
+        """Draws z of shape (n,) with per-sample dz/dparam for each base parameter, then dz/dlow
+        and dz/dhigh (a list of arrays of shape (n,))."""
+        self.torch.manual_seed(seed)
+        leaves = [self._t(np.broadcast_to(p, (n,)), dtype, True) for p in (*params, low, high)]
+        d = self.lib.TruncatedDistribution(self._base(family, leaves[:-2]), *leaves[-2:])
+        z = d.rsample()
+        grads = self.torch.autograd.grad(z.sum(), leaves, allow_unused=True)
+        grads = [np.zeros(n) if g is None else g.numpy() for g in grads]
+        return z.detach().numpy(), grads
+
+    def truncated_method(
+        self, family, params, low, high, method, value=None, dtype="float64", validate_args=None
+    ):
+        d = self.truncated(family, params, low, high, dtype, validate_args=validate_args)
+        out = getattr(d, method) if value is None else getattr(d, method)(self._t(value, dtype))
+        return out.detach().numpy()
+
+    def truncated_icdf_grads(self, family, params, low, high, u, dtype="float64"):
+        """z = icdf(u) and its derivatives in the base's parameters, low, high and u."""
+        shape = np.shape(u)
+        leaves = [self._t(np.broadcast_to(p, shape), dtype, True) for p in (*params, low, high)]
+        u_t = self._t(u, dtype, True)
+        d = self.lib.TruncatedDistribution(self._base(family, leaves[:-2]), *leaves[-2:])
+        z = d.icdf(u_t)
+        grads = self.torch.autograd.grad(z.sum(), (*leaves, u_t))
+        return z.detach().numpy(), [g.numpy() for g in grads]
+
+    def truncated_mean_grads(self, family, params, low, high, dtype="float64"):
+        """The mean and its gradient in each base parameter, low and high."""
+        leaves = [self._t(p, dtype, True) for p in (*params, low, high)]
+        d = self.lib.TruncatedDistribution(self._base(family, leaves[:-2]), *leaves[-2:])
+        mean = d.mean
+        return mean.detach().numpy(), [g.numpy() for g in self.torch.autograd.grad(mean, leaves)]
+
+    def unsupported_bases(self):
+        import pyro.distributions as dist
+
+        torch = self.torch
+        return [
+            dist.MultivariateNormal(torch.zeros(2), torch.eye(2)),
+            dist.Poisson(torch.tensor(3.0)),
+            dist.Normal(torch.zeros(2), 1.0).to_event(1),
+        ]
+
+    def special(self, name, args, dtype="float64"):
+        """special.<name>(*args) (a pair of log-values) and the gradient of the sum of its first
+        output in each argument."""
+        ts = [self._t(a, dtype, True) for a in args]
+        out = getattr(self.lib.special, name)(*ts)
+        grads = self.torch.autograd.grad(out[0].sum(), ts)
+        return [o.detach().numpy() for o in out], [g.numpy() for g in grads]
+
 
 class JaxBackend:
     name = "jax"
@@ -129,6 +213,103 @@ class JaxBackend:
     def moments(self, nu, sigma, dtype):
         d = self.lib.Rice(self._a(nu, dtype), self._a(sigma, dtype))
         return np.asarray(d.mean), np.asarray(d.variance)
+
+    # --- truncated distributions (family names and parameter order: TRUNCATION_BASES) ----------
+
+    def _base(self, family, params):
+        import numpyro.distributions as dist
+
+        cls = self.lib.Rice if family == "Rice" else getattr(dist, family)
+        return cls(*params)
+
+    def truncated(self, family, params, low, high, dtype, validate_args=None):
+        params = [self._a(p, dtype) for p in params]
+        low = None if low is None else self._a(low, dtype)
+        high = None if high is None else self._a(high, dtype)
+        return self.lib.TruncatedDistribution(
+            self._base(family, params), low, high, validate_args=validate_args
+        )
+
+    def truncated_sample_grads(self, family, params, low, high, n, seed, dtype):
+        # One compiled function per family, reused across tests (intervals and keys are data).
+        cache = self.__dict__.setdefault("_truncated_draws", {})
+        if family not in cache:
+
+            def draw_and_grad(leaves, key):
+                def draw(leaves):
+                    base = self._base(family, leaves[:-2])
+                    return self.lib.TruncatedDistribution(base, *leaves[-2:]).sample(key)
+
+                z, vjp = self.jax.vjp(draw, leaves)
+                return z, vjp(self.jnp.ones_like(z))[0]
+
+            cache[family] = self.jax.jit(draw_and_grad)
+        leaves = [self._a(np.broadcast_to(p, (n,)), dtype) for p in (*params, low, high)]
+        z, grads = cache[family](leaves, self.jax.random.PRNGKey(seed))
+        return np.asarray(z), [np.asarray(g) for g in grads]
+
+    def truncated_method(
+        self, family, params, low, high, method, value=None, dtype="float64", validate_args=None
+    ):
+        if validate_args is not None:  # validation needs concrete values: no jit
+            d = self.truncated(family, params, low, high, dtype, validate_args=validate_args)
+            out = getattr(d, method) if value is None else getattr(d, method)(self._a(value, dtype))
+            return np.asarray(out)
+        # One XLA compilation of the whole evaluation instead of one per primitive (eager).
+        has_low, has_high = low is not None, high is not None
+        leaves = [self._a(p, dtype) for p in params]
+        bounds = [self._a(b, dtype) for b in (low, high) if b is not None]
+
+        @self.jax.jit
+        def evaluate(leaves, bounds, value):
+            it = iter(bounds)
+            lo, hi = (next(it) if has else None for has in (has_low, has_high))
+            d = self.lib.TruncatedDistribution(self._base(family, leaves), lo, hi)
+            return getattr(d, method) if value is None else getattr(d, method)(value)
+
+        value = None if value is None else self._a(value, dtype)
+        return np.asarray(evaluate(leaves, bounds, value))
+
+    def truncated_icdf_grads(self, family, params, low, high, u, dtype="float64"):
+        leaves = [self._a(np.broadcast_to(p, np.shape(u)), dtype) for p in (*params, low, high)]
+        u_a = self._a(u, dtype)
+
+        def icdf(leaves, u):
+            base = self._base(family, leaves[:-2])
+            return self.lib.TruncatedDistribution(base, *leaves[-2:]).icdf(u)
+
+        grad = self.jax.jit(self.jax.grad(lambda lv, u: icdf(lv, u).sum(), argnums=(0, 1)))
+        grads = grad(leaves, u_a)
+        z = self.jax.jit(icdf)(leaves, u_a)
+        return np.asarray(z), [np.asarray(g) for g in (*grads[0], grads[1])]
+
+    def truncated_mean_grads(self, family, params, low, high, dtype="float64"):
+        leaves = [self._a(p, dtype) for p in (*params, low, high)]
+
+        def mean(leaves):
+            base = self._base(family, leaves[:-2])
+            return self.lib.TruncatedDistribution(base, *leaves[-2:]).mean
+
+        value, grads = self.jax.jit(self.jax.value_and_grad(mean))(leaves)
+        return np.asarray(value), [np.asarray(g) for g in grads]
+
+    def unsupported_bases(self):
+        import numpyro.distributions as dist
+
+        jnp = self.jnp
+        return [
+            dist.MultivariateNormal(jnp.zeros(2), jnp.eye(2)),
+            dist.Poisson(3.0),
+            dist.Normal(jnp.zeros(2), 1.0).to_event(1),
+        ]
+
+    def special(self, name, args, dtype="float64"):
+        arrays = [self._a(a, dtype) for a in args]
+        fn = getattr(self.lib.special, name)
+        out = fn(*arrays)
+        argnums = tuple(range(len(arrays)))
+        grads = self.jax.grad(lambda *a: fn(*a)[0].sum(), argnums=argnums)(*arrays)
+        return [np.asarray(o) for o in out], [np.asarray(g) for g in grads]
 
 
 BACKENDS = {"torch": TorchBackend, "jax": JaxBackend}

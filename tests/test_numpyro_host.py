@@ -165,3 +165,134 @@ def test_svi_recovers_a_rice_target():
     # Over 8 seeds this recipe ended within 0.008 of the target (standard deviations 0.005 and
     # 0.002): 0.02 is four standard deviations or more.
     assert abs(nu - nu_true) < 0.02 and abs(sigma - sigma_true) < 0.02, (nu, sigma)
+
+
+# Prior N(0, 1) truncated to [0, inf), likelihood y ~ N(z, 0.5^2), y = 0.3: the posterior is
+# N(0.24, 0.2) truncated to [0, inf), a bound that binds (loc/scale = 0.54).
+TN_Y, TN_NOISE = 0.3, 0.5
+TN_LOC = TN_Y / (1 + TN_NOISE**2)
+TN_SCALE = (TN_NOISE**2 / (1 + TN_NOISE**2)) ** 0.5
+
+
+@pytest.mark.slow
+def test_svi_recovers_a_truncated_normal_posterior():
+    """A TruncatedNormal(loc, scale, low=0) guide fitted by Trace_ELBO to a positive latent
+    variable recovers the exact truncated-normal posterior."""
+
+    def model():
+        z = numpyro.sample("z", numpyro_implicit.TruncatedNormal(0.0, 1.0, low=0.0))
+        numpyro.sample("y", dist.Normal(z, TN_NOISE), obs=TN_Y)
+
+    def guide():
+        loc = numpyro.param("loc", 1.0)
+        scale = numpyro.param("scale", 1.0, constraint=dist.constraints.positive)
+        numpyro.sample("z", numpyro_implicit.TruncatedNormal(loc, scale, low=0.0))
+
+    schedule = lambda step: 0.05 * 0.998**step  # noqa: E731
+    svi = SVI(model, guide, Adam(schedule), Trace_ELBO(num_particles=64))
+    state = svi.init(jax.random.PRNGKey(0))
+
+    def step(state, _):
+        state, _ = svi.update(state)
+        return state, svi.get_params(state)
+
+    _, trace = jax.lax.scan(step, state, None, length=3000)
+    loc, scale = float(trace["loc"][2500:].mean()), float(trace["scale"][2500:].mean())
+    # Over 6 seeds this recipe ended within 0.0054 of the target (standard deviations 0.0029 in
+    # loc, 0.0023 in scale): 0.02 is about seven standard deviations.
+    assert abs(loc - TN_LOC) < 0.02 and abs(scale - TN_SCALE) < 0.02, (loc, scale)
+
+
+def test_truncated_normal_is_a_native_numpyro_distribution():
+    d = numpyro_implicit.TruncatedNormal(jnp.array([0.0, 1.0]), 1.0, low=0.0, high=2.0)
+    assert d.has_rsample and set(d.reparametrized_params) == {"loc", "scale", "low", "high"}
+    key = jax.random.PRNGKey(0)
+    assert d.sample(key, (4, 3)).shape == (4, 3, 2)
+    assert d.expand((5, 2)).sample(key).shape == (5, 2)
+    i = d.to_event(1)
+    assert i.event_shape == (2,) and i.log_prob(i.sample(key)).shape == ()
+    assert d.mask(jnp.array([True, False])).log_prob(jnp.ones(2))[1] == 0
+    assert np.allclose(jax.jit(lambda d: d.mean)(d), d.mean)
+    leaves, treedef = jax.tree_util.tree_flatten(d)
+    assert isinstance(
+        jax.tree_util.tree_unflatten(treedef, leaves), numpyro_implicit.TruncatedNormal
+    )
+    locs = jnp.array([-1.0, 0.5, 3.0])
+    grads = jax.jit(
+        jax.vmap(jax.grad(lambda m: numpyro_implicit.TruncatedNormal(m, 1.0, low=0.0).sample(key)))
+    )(locs)
+    assert grads.shape == (3,) and np.all(np.isfinite(grads))
+
+
+def test_truncated_normal_check_grads():
+    """cdf, log_prob and the quantile (the implicit gradient at fixed u) against numerical
+    derivatives in all four parameters."""
+    params = (
+        jnp.array([0.8, 0.0]),
+        jnp.array([0.5, 1.0]),
+        jnp.array([0.0, 8.0]),
+        jnp.array([1.0, 9.0]),
+    )
+
+    def make(m, s, lo, hi):
+        return numpyro_implicit.TruncatedNormal(m, s, low=lo, high=hi)
+
+    z, u = jnp.array([0.6, 8.2]), jnp.array([0.3, 0.7])
+    check_grads(lambda *p: make(*p).cdf(z), params, order=1, modes=["rev"])
+    check_grads(lambda *p: make(*p).log_prob(z), params, order=1, modes=["rev"])
+    check_grads(lambda *p: make(*p[:4]).icdf(p[4]), (*params, u), order=1, modes=["fwd", "rev"])
+
+
+# ---- MixtureSameFamily: a two-component guide fits a bimodal target ----------------------------
+
+
+def _mixture_kl(weights, locs, scales):
+    """KL(q || p) for p = 0.35 N(-1.5, 0.5) + 0.65 N(1.0, 0.7), on a fine grid."""
+    import scipy.special
+    import scipy.stats
+
+    grid = np.linspace(-10, 10, 20001)
+
+    def log_density(w, m, s):
+        lp = scipy.stats.norm.logpdf(grid[:, None], m, s) + np.log(w)
+        return scipy.special.logsumexp(lp, axis=1)
+
+    log_q = log_density(weights, locs, scales)
+    log_p = log_density([0.35, 0.65], [-1.5, 1.0], [0.5, 0.7])
+    return np.trapezoid(np.exp(log_q) * (log_q - log_p), grid)
+
+
+@pytest.mark.parametrize("weights", ["implicit", "score"])
+def test_mixture_guide_fits_bimodal_target(weights):
+    """The issue's protocol (64 draws per step, Adam 0.02) for 1000 steps from seed 0, with
+    ScoreTrace_ELBO (the same as Trace_ELBO for weights="implicit"); the benchmark runs all
+    3000 steps for 5 seeds (every fit ends below KL 0.01)."""
+    target = dist.MixtureSameFamily(
+        dist.Categorical(jnp.array([0.35, 0.65])),
+        dist.Normal(jnp.array([-1.5, 1.0]), jnp.array([0.5, 0.7])),
+    )
+
+    def model():
+        with numpyro.plate("draws", 64), numpyro.handlers.scale(scale=1 / 64):
+            numpyro.sample("z", target)
+
+    key_init, key_run = jax.random.split(jax.random.PRNGKey(0))
+    init = jax.random.normal(key_init, (2,))
+
+    def guide():
+        logits = numpyro.param("logits", jnp.zeros(2))
+        loc = numpyro.param("loc", init)
+        scale = numpyro.param("scale", jnp.ones(2), constraint=dist.constraints.positive)
+        mix = numpyro_implicit.MixtureSameFamily(
+            dist.Categorical(logits=logits), dist.Normal(loc, scale), weights=weights
+        )
+        with numpyro.plate("draws", 64), numpyro.handlers.scale(scale=1 / 64):
+            numpyro.sample("z", mix)
+
+    svi = SVI(model, guide, Adam(0.02), numpyro_implicit.ScoreTrace_ELBO())
+    result = svi.run(key_run, 1000, progress_bar=False)
+    p = result.params
+    w = np.asarray(jax.nn.softmax(p["logits"]))
+    loc, scale = np.asarray(p["loc"]), np.asarray(p["scale"])
+    assert _mixture_kl(w, loc, scale) < 0.01, (w, loc, scale)
+    assert abs(w[np.argmin(loc)] - 0.35) < 0.05

@@ -1,0 +1,21 @@
+"""Timing shared by the benchmark modules."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+
+def median_times(steps, repeats):
+    """Median wall time in seconds of each step, warmed up twice, the steps interleaved so that
+    machine noise hits all of them alike."""
+    for run in steps.values():
+        run()
+        run()
+    times = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, run in steps.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}

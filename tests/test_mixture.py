@@ -1,0 +1,652 @@
+"""Numerical tests of MixtureSameFamily, written once and run on both hosts.
+
+Ground truth: scipy's distributions. A draw's implicit gradient is the derivative of the inverse
+of the (sequential) mixture CDF at fixed u, so it is compared with finite differences of
+scipy-based re-inversions of that CDF, dimension by dimension; expectations use closed forms.
+"""
+
+import numpy as np
+import pytest
+import scipy.optimize
+import scipy.stats
+
+DTYPES = ["float32", "float64"]
+Z_SCORE = 4.5  # a false alarm has probability 7e-6 per check
+
+# family: (scipy law from the parameters, parameter values for K = 3 components)
+FAMILIES = {
+    "Normal": (lambda p: scipy.stats.norm(p[0], p[1]), ([-2.0, 0.5, 3.0], [0.7, 1.2, 0.5])),
+    "Laplace": (lambda p: scipy.stats.laplace(p[0], p[1]), ([-2.0, 0.5, 3.0], [0.7, 1.2, 0.5])),
+    "Logistic": (lambda p: scipy.stats.logistic(p[0], p[1]), ([-2.0, 0.5, 3.0], [0.7, 1.2, 0.5])),
+    "Cauchy": (lambda p: scipy.stats.cauchy(p[0], p[1]), ([-2.0, 0.5, 3.0], [0.7, 1.2, 0.5])),
+    "Gumbel": (lambda p: scipy.stats.gumbel_r(p[0], p[1]), ([-2.0, 0.5, 3.0], [0.7, 1.2, 0.5])),
+    "Gamma": (
+        lambda p: scipy.stats.gamma(p[0], scale=1 / np.asarray(p[1])),
+        ([0.8, 3.0, 9.0], [2.0, 1.0, 1.5]),
+    ),
+    "LogNormal": (
+        lambda p: scipy.stats.lognorm(p[1], scale=np.exp(p[0])),
+        ([-1.0, 0.5, 1.5], [0.4, 0.8, 0.3]),
+    ),
+    "StudentT": (
+        lambda p: scipy.stats.t(p[0], p[1], p[2]),
+        ([2.5, 5.0, 30.0], [-2.0, 0.5, 3.0], [0.7, 1.2, 0.5]),
+    ),
+    # components sharing their bounds, so that the mixture has one support; the gradient with
+    # respect to the bounds is checked too
+    "TruncatedNormal": (
+        lambda p: scipy.stats.truncnorm(
+            (np.asarray(p[2]) - p[0]) / p[1], (np.asarray(p[3]) - p[0]) / p[1], p[0], p[1]
+        ),
+        ([-2.0, 0.5, 3.0], [0.7, 1.2, 0.5], [-3.0] * 3, [4.0] * 3),
+    ),
+}
+LOGITS = [0.3, -0.2, 0.5]
+OWN = ("TruncatedNormal",)  # families from this package rather than the host
+
+
+# ---- ground truth: the mixture CDF and its inverse, with scipy ------------------------------
+
+
+def component_laws(family, params):
+    """One frozen scipy law per component (params[i] has K entries, or [K, D] if multivariate)."""
+    make = FAMILIES[family][0]
+    params = [np.asarray(p, dtype=float) for p in params]
+    return lambda k, d=None: make([p[k] if p.ndim == 1 else p[k, d] for p in params])
+
+
+def sequential_inverse(u, logits, family, params):
+    """z with S(z) = u: z_d solves sum_k w_k^(d) F_k(z_d) = u_d, w^(d) ~ pi prod_{j<d} q_k(z_j)."""
+    laws = component_laws(family, params)
+    k_count = len(logits)
+    log_w = np.asarray(logits, float) - scipy.special.logsumexp(logits)
+    z = []
+    for d, u_d in enumerate(np.atleast_1d(u)):
+        w = np.exp(log_w - scipy.special.logsumexp(log_w))
+        comps = [laws(k, d) for k in range(k_count)]
+
+        def g(x, w=w, comps=comps, u_d=u_d):
+            # the small tail, so that the root is resolved to the last digits in both tails
+            if u_d > 0.5:
+                return (1 - u_d) - sum(wk * c.sf(x) for wk, c in zip(w, comps, strict=True))
+            return sum(wk * c.cdf(x) for wk, c in zip(w, comps, strict=True)) - u_d
+
+        lo = min(c.ppf(min(u_d, 0.5) * 1e-3) for c in comps)
+        hi = max(c.ppf(1 - (1 - max(u_d, 0.5)) * 1e-3) for c in comps)
+        x = scipy.optimize.brentq(g, lo, hi, xtol=1e-15, rtol=1e-15, maxiter=500)
+        z.append(x)
+        log_w = log_w + np.array([c.logpdf(x) for c in comps])
+    return np.array(z)
+
+
+def sequential_cdf(z, logits, family, params):
+    laws = component_laws(family, params)
+    log_w = np.asarray(logits, float) - scipy.special.logsumexp(logits)
+    u = []
+    for d, x in enumerate(np.atleast_1d(z)):
+        w = np.exp(log_w - scipy.special.logsumexp(log_w))
+        comps = [laws(k, d) for k in range(len(logits))]
+        u.append(sum(wk * c.cdf(x) for wk, c in zip(w, comps, strict=True)))
+        log_w = log_w + np.array([c.logpdf(x) for c in comps])
+    return np.array(u)
+
+
+def finite_difference_jacobians(u, logits, family, params, h=1e-6):
+    """d z(u) / d(logits, *params) at fixed u (shape [N, D]) by central differences of
+    re-inversions, each of shape [N, D, *param shape], with an estimate of their error: the
+    difference from the same central difference with step 2h (the roundoff of the roots, about
+    1e-15 |z| / h, dominates far in heavy tails)."""
+
+    def inverse(lg, ps):
+        return np.stack([sequential_inverse(row, lg, family, ps) for row in u])
+
+    args = [np.asarray(logits, float)] + [np.asarray(p, float) for p in params]
+    out, errors = [], []
+    for i, a in enumerate(args):
+        jac = {step: np.zeros(np.shape(u) + a.shape) for step in (h, 2 * h)}
+        for step, j in jac.items():
+            for idx in np.ndindex(a.shape):
+                plus = [b.copy() for b in args]
+                minus = [b.copy() for b in args]
+                plus[i][idx] += step
+                minus[i][idx] -= step
+                j[(...,) + idx] = (inverse(plus[0], plus[1:]) - inverse(minus[0], minus[1:])) / (
+                    2 * step
+                )
+        out.append(jac[h])
+        errors.append(np.abs(jac[h] - jac[2 * h]))
+    return out, errors
+
+
+def assert_matches_finite_differences(ours, fd, errors, rtol):
+    for value, ref, err in zip(ours, fd, errors, strict=True):
+        ref, err = ref.reshape(value.shape), err.reshape(value.shape)
+        tol = rtol * np.abs(ref) + 1e-8 * np.abs(ref).max() + 4 * err
+        assert np.all(np.abs(value - ref) <= tol), np.max(np.abs(value - ref) - tol)
+
+
+# ---- one facade per host --------------------------------------------------------------------
+
+
+class TorchMixtures:
+    name = "torch"
+
+    def __init__(self):
+        import pyro.distributions as dist
+        import torch
+
+        import pyro_implicit
+
+        self.torch, self.dist, self.lib = torch, dist, pyro_implicit
+
+    def _t(self, x, dtype, grad=False):
+        t = self.torch.tensor(np.asarray(x), dtype=getattr(self.torch, dtype))
+        return t.requires_grad_(grad)
+
+    def make(self, family, logits, params, multivariate, weights="implicit"):
+        comp = getattr(self.lib if family in OWN else self.dist, family)(*params)
+        if multivariate:
+            comp = comp.to_event(1)
+        return self.lib.MixtureSameFamily(
+            self.dist.Categorical(logits=logits), comp, weights=weights
+        )
+
+    def jacobians(self, family, logits, params, z, multivariate, dtype):
+        """dz/d(logits, *params) at the given points z (shape [N] or [N, D])."""
+        args = [self._t(logits, dtype, True)] + [self._t(p, dtype, True) for p in params]
+        mix = self.make(family, args[0], args[1:], multivariate)
+        out = mix._reparameterize(self._t(z, dtype))
+        jac = [np.zeros(out.shape + a.shape, dtype=dtype) for a in args]
+        for idx in np.ndindex(tuple(out.shape)):
+            grads = self.torch.autograd.grad(out[idx], args, retain_graph=True, allow_unused=True)
+            for j, g in zip(jac, grads, strict=True):
+                j[idx] = 0 if g is None else g.numpy()
+        return out.detach().numpy(), jac
+
+    def sample(self, family, logits, params, multivariate, n, seed, dtype):
+        self.torch.manual_seed(seed)
+        args = [self._t(logits, dtype)] + [self._t(p, dtype) for p in params]
+        return self.make(family, args[0], args[1:], multivariate).sample((n,)).numpy()
+
+    def per_draw_grads(self, logits, loc, scale, n, seed, dtype, f, weights="implicit"):
+        """Normal components; parameters copied per draw so that each draw has its own
+        gradient: returns z and df(z)/d(logits, loc, scale) per draw, [n, *param shape]."""
+        self.torch.manual_seed(seed)
+        multivariate = np.ndim(loc) == 2
+        args = [
+            self._t(np.broadcast_to(p, (n, *np.shape(p))), dtype, True)
+            for p in (logits, loc, scale)
+        ]
+        mix = self.make("Normal", args[0], args[1:], multivariate, weights)
+        z = mix.rsample()
+        value = f(z)
+        if weights == "score":  # the surrogate that Trace_ELBO builds from score_parts
+            value = value + value.detach() * mix.score_parts(z.detach()).score_function
+        grads = self.torch.autograd.grad(value.sum(), args)
+        return z.detach().numpy(), [g.numpy() for g in grads]
+
+    def finite(self, family, logits, params, multivariate, n, seed, dtype):
+        """All of z and d(sum z^2)/d(logits, *params) finite, and z."""
+        self.torch.manual_seed(seed)
+        args = [self._t(logits, dtype, True)] + [self._t(p, dtype, True) for p in params]
+        z = self.make(family, args[0], args[1:], multivariate).rsample((n,))
+        grads = self.torch.autograd.grad(z.pow(2).sum(), args)
+        ok = bool(self.torch.isfinite(z).all()) and all(bool(g.isfinite().all()) for g in grads)
+        return ok, z.detach().numpy(), str(z.dtype).replace("torch.", "")
+
+
+class JaxMixtures:
+    name = "jax"
+
+    def __init__(self):
+        import jax
+
+        jax.config.update("jax_enable_x64", True)
+        import jax.numpy as jnp
+        import numpyro.distributions as dist
+
+        import numpyro_implicit
+
+        self.jax, self.jnp, self.dist, self.lib = jax, jnp, dist, numpyro_implicit
+        self._fns = {}
+
+    def _a(self, x, dtype):
+        return self.jnp.asarray(np.asarray(x), dtype=dtype)
+
+    def make(self, family, logits, params, multivariate, weights="implicit"):
+        if family in OWN:  # this package's distributions, with keyword bounds as upstream's
+            comp = getattr(self.lib, family)(*params[:2], low=params[2], high=params[3])
+        else:
+            comp = getattr(self.dist, family)(*params)
+        if multivariate:
+            comp = comp.to_event(1)
+        return self.lib.MixtureSameFamily(
+            self.dist.Categorical(logits=logits), comp, weights=weights
+        )
+
+    def _jitted(self, kind, family, multivariate, build):
+        """One compiled function per (kind, family, multivariate), shared by the tests: calls
+        with the same shapes and dtypes then reuse its compilation."""
+        key = (kind, family, multivariate)
+        if key not in self._fns:
+            self._fns[key] = self.jax.jit(build())
+        return self._fns[key]
+
+    def jacobians(self, family, logits, params, z, multivariate, dtype):
+        args = [self._a(logits, dtype)] + [self._a(p, dtype) for p in params]
+
+        def build():
+            def f(z, *a):
+                return self.make(family, a[0], a[1:], multivariate)._reparameterize(z)
+
+            jacrev = self.jax.jacrev(f, argnums=tuple(range(1, len(args) + 1)))
+            return lambda z, *a: (f(z, *a), jacrev(z, *a))
+
+        value, jac = self._jitted("jac", family, multivariate, build)(self._a(z, dtype), *args)
+        return np.asarray(value), [np.asarray(j) for j in jac]
+
+    def sample(self, family, logits, params, multivariate, n, seed, dtype):
+        args = [self._a(logits, dtype)] + [self._a(p, dtype) for p in params]
+        key = self.jax.random.PRNGKey(seed)
+
+        def draw(*a):
+            return self.make(family, a[0], a[1:], multivariate).sample(key, (n,))
+
+        return np.asarray(self.jax.jit(draw)(*args))
+
+    def per_draw_grads(self, logits, loc, scale, n, seed, dtype, f, weights="implicit"):
+        multivariate = np.ndim(loc) == 2
+        args = [self._a(np.broadcast_to(p, (n, *np.shape(p))), dtype) for p in (logits, loc, scale)]
+        key = self.jax.random.PRNGKey(seed)
+        sg = self.jax.lax.stop_gradient
+
+        def total(*a):
+            mix = self.make("Normal", a[0], a[1:], multivariate, weights)
+            z = mix.sample(key)
+            value = f(z)
+            if weights == "score":
+                value = value + sg(value) * mix.weight_score(sg(z))
+            return value.sum(), z
+
+        grads, z = self.jax.jit(self.jax.grad(total, argnums=(0, 1, 2), has_aux=True))(*args)
+        return np.asarray(z), [np.asarray(g) for g in grads]
+
+    def finite(self, family, logits, params, multivariate, n, seed, dtype):
+        args = [self._a(logits, dtype)] + [self._a(p, dtype) for p in params]
+        key = self.jax.random.PRNGKey(seed)
+
+        def total(*a):
+            z = self.make(family, a[0], a[1:], multivariate).sample(key, (n,))
+            return (z**2).sum(), z
+
+        grad = self.jax.grad(total, argnums=tuple(range(len(args))), has_aux=True)
+        grads, z = self.jax.jit(grad)(*args)
+        jnp = self.jnp
+        ok = bool(jnp.isfinite(z).all()) and all(bool(jnp.isfinite(g).all()) for g in grads)
+        return ok, np.asarray(z), str(z.dtype)
+
+
+_cache = {}
+
+
+@pytest.fixture(params=["torch", "jax"])
+def mixtures(request):
+    if request.param not in _cache:
+        _cache[request.param] = {"torch": TorchMixtures, "jax": JaxMixtures}[request.param]()
+    return _cache[request.param]
+
+
+def supported(mixtures, family, params, multivariate=False):
+    """Skip (visibly) where this host's adapter has no differentiable CDF for the family yet."""
+    convert = getattr(mixtures, "_t", None) or mixtures._a
+    try:
+        mixtures.make(
+            family,
+            convert(np.zeros(len(LOGITS)), "float64"),
+            [convert(p, "float64") for p in params],
+            multivariate,
+        )
+    except AttributeError as error:  # the family is not in this host's package (yet)
+        pytest.skip(f"{family} not available in the {mixtures.name} adapter: {error}")
+    except (TypeError, AssertionError) as error:  # the adapter's or the host's own check
+        pytest.skip(f"{family} components not supported by the {mixtures.name} adapter: {error}")
+
+
+# ---- per-sample gradients against re-inversion ----------------------------------------------
+
+# tails 1e-4 deep: further out (Cauchy: |z| ~ 1e5) the roots themselves, good to 1e-15 |z|, limit
+# central differences to ~1e-4 relative
+U_POINTS = np.array([1e-4, 0.03, 0.3, 0.5, 0.71, 0.97, 1 - 1e-4])
+
+
+_FAMILY_MARKS = {"Normal": []}
+
+
+@pytest.mark.parametrize(
+    "family",
+    [pytest.param(f, marks=_FAMILY_MARKS.get(f, [pytest.mark.slow])) for f in FAMILIES],
+)
+def test_univariate_gradients_match_reinversion(mixtures, family):
+    params = FAMILIES[family][1]
+    supported(mixtures, family, params)
+    z = np.array([sequential_inverse(u, LOGITS, family, params)[0] for u in U_POINTS])
+    out, jac = mixtures.jacobians(family, LOGITS, params, z, False, "float64")
+    assert np.array_equal(out, z)
+    fd, errors = finite_difference_jacobians(U_POINTS[:, None], LOGITS, family, params)
+    assert_matches_finite_differences(jac, fd, errors, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "family",
+    [
+        "Normal",
+        pytest.param("Laplace", marks=pytest.mark.slow),
+        pytest.param("Gamma", marks=pytest.mark.slow),
+    ],
+)
+def test_multivariate_gradients_match_sequential_reinversion(mixtures, family):
+    rng = np.random.default_rng(5)
+    d = 3
+    base = FAMILIES[family][1]
+    # per-dimension parameters: the K values of each parameter, perturbed per dimension
+    params = [np.asarray(p)[:, None] * (1 + 0.3 * rng.random((3, d))) for p in base]
+    supported(mixtures, family, params, multivariate=True)
+    u = np.array([[0.2, 0.7, 0.4], [0.93, 0.05, 0.5], [0.6, 0.999, 1e-3]])
+    z = np.stack([sequential_inverse(ui, LOGITS, family, params) for ui in u])
+    assert np.allclose([sequential_cdf(zi, LOGITS, family, params) for zi in z], u, atol=1e-13)
+    _, jac = mixtures.jacobians(family, LOGITS, params, z, True, "float64")
+    fd, errors = finite_difference_jacobians(u, LOGITS, family, params)
+    assert_matches_finite_differences(jac, fd, errors, rtol=1e-6)
+
+
+def test_float32_gradients_match_float64(mixtures):
+    params = FAMILIES["Normal"][1]
+    z = np.array([sequential_inverse(u, LOGITS, "Normal", params)[0] for u in U_POINTS])
+    z = z.astype(np.float32).astype(np.float64)  # the same points in both precisions
+    _, j32 = mixtures.jacobians("Normal", LOGITS, params, z, False, "float32")
+    _, j64 = mixtures.jacobians("Normal", LOGITS, params, z, False, "float64")
+    for a, b in zip(j32, j64, strict=True):
+        assert a.dtype == np.float32
+        assert np.allclose(a, b, rtol=1e-4, atol=1e-5 * np.abs(b).max())
+
+
+def test_adapters_agree():
+    rng = np.random.default_rng(7)
+    params = [rng.normal(size=(3, 3)), 0.5 + rng.random((3, 3))]
+    z = rng.normal(size=(3, 3)) * 2  # the shapes of the test above: one compilation in JAX
+    results = []
+    for name in ("torch", "jax"):
+        mixtures = _cache.get(name) or {"torch": TorchMixtures, "jax": JaxMixtures}[name]()
+        _cache[name] = mixtures
+        results.append(mixtures.jacobians("Normal", LOGITS, params, z, True, "float64")[1])
+    for a, b in zip(*results, strict=True):
+        assert np.allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+# ---- numerics at the edges ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "dtype,multivariate",
+    [
+        ("float64", False),
+        ("float32", True),
+        pytest.param("float32", False, marks=pytest.mark.slow),
+        pytest.param("float64", True, marks=pytest.mark.slow),
+    ],
+)
+def test_far_components_and_tiny_weights_stay_finite(mixtures, dtype, multivariate):
+    """Components 60 standard deviations apart, one of weight 1e-30 (log-weight -69)."""
+    logits = [0.0, -69.0, 0.0]
+    loc, scale = np.array([-60.0, 0.0, 60.0]), np.array([1.0, 1.0, 0.5])
+    if multivariate:
+        loc = loc[:, None] + np.arange(6.0)
+        scale = np.repeat(scale[:, None], 6, 1)
+    ok, z, zdtype = mixtures.finite("Normal", logits, [loc, scale], multivariate, 4000, 0, dtype)
+    assert ok and zdtype == dtype
+    first = z if not multivariate else z[:, 0]
+    assert np.all(np.abs(np.abs(first) - 60) < 10)  # the 1e-30 component is never drawn
+
+
+def test_far_components_gradients_are_exact(mixtures):
+    logits, params = [0.0, -69.0, 0.0], ([-60.0, 0.0, 60.0], [1.0, 1.0, 0.5])
+    u = np.array([1e-4, 0.2, 0.3, 0.49, 0.51, 0.8, 1 - 1e-4])
+    z = np.array([sequential_inverse(ui, logits, "Normal", params)[0] for ui in u])
+    _, jac = mixtures.jacobians("Normal", logits, params, z, False, "float64")
+    fd, errors = finite_difference_jacobians(u[:, None], logits, "Normal", params)
+    assert all(np.all(np.isfinite(j)) for j in jac)
+    assert_matches_finite_differences(jac, fd, errors, rtol=1e-6)
+
+
+# ---- Monte Carlo unbiasedness ---------------------------------------------------------------
+
+
+def softmax(x):
+    e = np.exp(np.asarray(x) - np.max(x))
+    return e / e.sum()
+
+
+def check_unbiased(grads, exact):
+    for g, ref in zip(grads, exact, strict=True):
+        mean = g.mean(0)
+        se = g.std(0) / np.sqrt(len(g))
+        assert np.all(np.abs(mean - ref) <= Z_SCORE * se + 1e-12), (mean, ref, se)
+
+
+@pytest.mark.parametrize("weights", ["implicit", pytest.param("score", marks=pytest.mark.slow)])
+def test_gradient_of_second_moment_is_unbiased(mixtures, weights):
+    """E[z^2] = sum_k pi_k (mu_k^2 + s_k^2)."""
+    mu, s = np.array([-2.0, 0.5, 3.0]), np.array([0.7, 1.2, 0.5])
+    pi = softmax(LOGITS)
+    m = mu**2 + s**2
+    exact = [pi * (m - pi @ m), 2 * pi * mu, 2 * pi * s]
+    _, grads = mixtures.per_draw_grads(
+        LOGITS, mu, s, 20_000, 11, "float64", lambda z: z**2, weights
+    )
+    check_unbiased(grads, exact)
+
+
+def test_gradient_of_cross_moment_is_unbiased(mixtures):
+    """E[z1 z2 + z3^2 z4] = sum_k pi_k (mu1 mu2 + (mu3^2 + s3^2) mu4): it depends on the joint
+    law (the components couple the dimensions), not only on the marginals."""
+    rng = np.random.default_rng(3)
+    mu, s = rng.normal(size=(3, 4)) * 1.5, 0.4 + rng.random((3, 4))
+    pi = softmax(LOGITS)
+    m = mu[:, 0] * mu[:, 1] + (mu[:, 2] ** 2 + s[:, 2] ** 2) * mu[:, 3]
+    g_mu, g_s = np.zeros((3, 4)), np.zeros((3, 4))
+    g_mu[:, 0], g_mu[:, 1] = pi * mu[:, 1], pi * mu[:, 0]
+    g_mu[:, 2], g_mu[:, 3] = 2 * pi * mu[:, 2] * mu[:, 3], pi * (mu[:, 2] ** 2 + s[:, 2] ** 2)
+    g_s[:, 2] = 2 * pi * s[:, 2] * mu[:, 3]
+    exact = [pi * (m - pi @ m), g_mu, g_s]
+
+    def f(z):
+        return z[..., 0] * z[..., 1] + z[..., 2] ** 2 * z[..., 3]
+
+    _, grads = mixtures.per_draw_grads(LOGITS, mu, s, 20_000, 12, "float64", f)
+    check_unbiased(grads, exact)
+
+
+# ---- goodness of fit ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "family",
+    [
+        "Normal",
+        pytest.param("Gamma", marks=pytest.mark.slow),
+        pytest.param("StudentT", marks=pytest.mark.slow),
+    ],
+)
+def test_marginals_fit(mixtures, family):
+    rng = np.random.default_rng(2)
+    d = 3
+    params = [np.asarray(p)[:, None] * (1 + 0.3 * rng.random((3, d))) for p in FAMILIES[family][1]]
+    supported(mixtures, family, params, multivariate=True)
+    z = mixtures.sample(family, LOGITS, params, True, 4000, 1, "float64")
+    laws, pi = component_laws(family, params), softmax(LOGITS)
+    for dim in range(d):
+
+        def cdf(x, dim=dim):
+            return sum(pi[k] * laws(k, dim).cdf(x) for k in range(3))
+
+        assert scipy.stats.kstest(z[:, dim], cdf).pvalue > 1e-4
+
+
+# ---- second derivatives along the quantile path ---------------------------------------------
+# The function params -> S^{-1}(u; params) at fixed u is computed by a scipy re-inversion (no
+# derivative) with the implicit gradient attached: its finite differences are the truth.
+
+U_FIXED = np.array([[0.2, 0.7, 0.4], [0.93, 0.05, 0.5]])
+
+
+def quantile_path(u, logits, loc, scale):
+    return np.stack([sequential_inverse(row, logits, "Normal", [loc, scale]) for row in u])
+
+
+def test_torch_gradcheck_and_gradgradcheck_on_quantile_path():
+    import pyro.distributions as dist
+    import torch
+
+    from pyro_implicit import MixtureSameFamily
+
+    rng = np.random.default_rng(4)
+    args = [
+        torch.tensor(x, requires_grad=True)
+        for x in (rng.normal(size=2), 2 * rng.normal(size=(2, 3)), 0.5 + rng.random((2, 3)))
+    ]
+
+    def f(logits, loc, scale):
+        z = quantile_path(U_FIXED, *(a.detach().numpy() for a in (logits, loc, scale)))
+        mix = MixtureSameFamily(
+            dist.Categorical(logits=logits), dist.Normal(loc, scale).to_event(1)
+        )
+        return mix._reparameterize(torch.tensor(z))
+
+    assert torch.autograd.gradcheck(f, args, atol=1e-6)
+    assert torch.autograd.gradgradcheck(f, args, atol=1e-5)
+
+
+def _jax_quantile_path():
+    import jax
+    import jax.numpy as jnp
+    import numpyro.distributions as dist
+
+    from numpyro_implicit import MixtureSameFamily
+
+    jax.config.update("jax_enable_x64", True)
+    rng = np.random.default_rng(4)
+    args = [
+        jnp.asarray(x)
+        for x in (rng.normal(size=2), 2 * rng.normal(size=(2, 3)), 0.5 + rng.random((2, 3)))
+    ]
+    shape = jax.ShapeDtypeStruct(U_FIXED.shape, jnp.float64)
+
+    def f(logits, loc, scale):
+        z = jax.pure_callback(
+            lambda *a: quantile_path(U_FIXED, *map(np.asarray, a)),
+            shape,
+            *jax.lax.stop_gradient((logits, loc, scale)),
+        )
+        mix = MixtureSameFamily(
+            dist.Categorical(logits=logits), dist.Normal(loc, scale).to_event(1)
+        )
+        return mix._reparameterize(z)
+
+    return jax.jit(f), args, rng
+
+
+@pytest.mark.slow
+def test_jax_check_grads_on_quantile_path():
+    from jax.test_util import check_grads
+
+    f, args, _ = _jax_quantile_path()
+    check_grads(f, args, order=2, modes=["fwd", "rev"], atol=1e-5, rtol=1e-5)
+
+
+def test_jax_hvp_on_quantile_path():
+    """A Hessian-vector product of sum z^2 (reverse over reverse) against central differences
+    of the gradient along the same direction."""
+    import jax
+    import jax.numpy as jnp
+
+    f, args, rng = _jax_quantile_path()
+    v = [jnp.asarray(rng.normal(size=a.shape)) for a in args]
+    grad = jax.jit(jax.grad(lambda *b: jnp.sum(f(*b) ** 2), argnums=(0, 1, 2)))
+
+    def directional(*a):
+        return sum(jnp.vdot(g, t) for g, t in zip(grad(*a), v, strict=True))
+
+    hvp = jax.jit(jax.grad(directional, argnums=(0, 1, 2)))(*args)
+    h = 1e-5
+    plus = grad(*(a + h * t for a, t in zip(args, v, strict=True)))
+    minus = grad(*(a - h * t for a, t in zip(args, v, strict=True)))
+    for hv, p, m in zip(hvp, plus, minus, strict=True):
+        assert np.allclose(hv, (p - m) / (2 * h), rtol=1e-5, atol=1e-6)
+
+
+# ---- behaviour of the host class --------------------------------------------------------------
+
+
+def test_host_behaviour_is_kept(mixtures):
+    rng = np.random.default_rng(9)
+    params = [rng.normal(size=(3, 2)), 0.5 + rng.random((3, 2))]
+    convert = getattr(mixtures, "_t", None) or mixtures._a
+    logits = convert(LOGITS, "float64")
+    mix = mixtures.make("Normal", logits, [convert(p, "float64") for p in params], True)
+    host = {"torch": "pyro.distributions", "jax": "numpyro.distributions"}[mixtures.name]
+    host_cls = __import__(host, fromlist=["MixtureSameFamily"]).MixtureSameFamily
+    assert isinstance(mix, host_cls) and mix.has_rsample
+    assert tuple(mix.batch_shape) == () and tuple(mix.event_shape) == (2,)
+    x = convert(rng.normal(size=(5, 2)), "float64")
+    ref = np.asarray(
+        scipy.special.logsumexp(
+            np.log(softmax(LOGITS))
+            + scipy.stats.norm(params[0], params[1]).logpdf(np.asarray(x)[:, None, :]).sum(-1),
+            axis=-1,
+        )
+    )
+    assert np.allclose(np.asarray(mix.log_prob(x)), ref, rtol=1e-12)
+    assert np.allclose(np.asarray(mix.mean), softmax(LOGITS) @ params[0], rtol=1e-12)
+    expanded = mix.expand((4,))
+    assert type(expanded) is type(mix) or isinstance(
+        getattr(expanded, "base_dist", None), type(mix)
+    )
+    with pytest.raises(ValueError, match="weights"):
+        mixtures.make("Normal", logits, [convert(p, "float64") for p in params], True, "bad")
+    with pytest.raises(TypeError, match="Independent"):
+        mixtures.lib.MixtureSameFamily(
+            mixtures.dist.Categorical(logits=logits),
+            mixtures.dist.MultivariateNormal(
+                convert(np.zeros((3, 2)), "float64"), convert(np.eye(2), "float64")
+            ),
+        )
+
+
+def test_jax_jit_vmap_and_pytree():
+    import jax
+    import jax.numpy as jnp
+    import numpyro.distributions as dist
+
+    from numpyro_implicit import MixtureSameFamily
+
+    def draw(logits, loc, key):
+        mix = MixtureSameFamily(
+            dist.Categorical(logits=logits), dist.Normal(loc, 1.0), weights="score"
+        )
+        return mix.sample(key, (3,))
+
+    logits, loc = jnp.zeros((4, 2)), jnp.array([[-1.0, 1.0]] * 4)
+    keys = jax.random.split(jax.random.PRNGKey(0), 4)
+    z = jax.jit(jax.vmap(draw))(logits, loc, keys)
+    assert z.shape == (4, 3)
+    g = jax.jit(jax.grad(lambda lg, lc: jnp.sum(jax.vmap(draw)(lg, lc, keys) ** 2), (0, 1)))(
+        logits, loc
+    )
+    assert np.all(np.asarray(g[0]) == 0)  # weights="score": no pathwise gradient for the weights
+    assert np.all(np.isfinite(np.asarray(g[1])))
+    mix = MixtureSameFamily(
+        dist.Categorical(logits=logits[0]), dist.Normal(loc[0], 1.0), weights="score"
+    )
+    leaves, treedef = jax.tree_util.tree_flatten(mix)
+    again = jax.tree_util.tree_unflatten(treedef, leaves)
+    assert type(again) is MixtureSameFamily and again.weights == "score"

@@ -1,0 +1,167 @@
+"""The special functions behind the Gamma and Student t bases of TruncatedDistribution, against
+mpmath, on both hosts: the regularized incomplete gamma functions in log space with their
+derivative in the shape, and the Student t CDF with its derivative in the degrees of freedom."""
+
+import functools
+
+import mpmath as mp
+import numpy as np
+import pytest
+
+from tests.backends import get_backend
+
+EPS64 = np.finfo(np.float64).eps
+
+
+# JAX compiles the loops of these functions once per shape and dtype, seconds each on a shared
+# CPU: the JAX runs beyond the first are marked slow (they still run in CI).
+@pytest.fixture(params=["torch", pytest.param("jax", marks=pytest.mark.slow)])
+def backend(request):
+    return get_backend(request.param)
+
+
+def test_jax_log_gammainc_pair_float64_fast():
+    test_log_gammainc_pair_matches_mpmath(get_backend("jax"))
+
+
+GAMMA_A = [1e-3, 0.1, 0.5, 1.0, 2.5, 10.0, 100.0, 1000.0, 1e4]
+GAMMA_X = [1e-5, 0.01, 0.3, 1.0, 2.0, 5.0, 50.0, 120.0, 900.0, 1100.0, 9.8e3, 1.02e4]
+
+
+@functools.cache
+def gamma_reference():
+    """log P, log Q and d log P/da at 40 digits, each from the tail where it is accurate."""
+    rows = []
+    with mp.workdps(40):
+        for a in GAMMA_A:
+            for x in GAMMA_X:
+                p = mp.gammainc(a, 0, x, regularized=True)
+                q = mp.gammainc(a, x, mp.inf, regularized=True)
+
+                def log_p(s, x=x):
+                    return mp.log(mp.gammainc(s, 0, x, regularized=True))
+
+                def q_of(s, x=x):
+                    return mp.gammainc(s, x, mp.inf, regularized=True)
+
+                d_log_p = mp.diff(log_p, a) if p < 0.5 else -mp.diff(q_of, a) / p
+                dens = mp.exp((a - 1) * mp.log(x) - x - mp.loggamma(a))
+                rows.append((a, x, *(float(v) for v in (mp.log(p), mp.log(q), d_log_p, dens / p))))
+    return np.array(rows).T
+
+
+def complement_slack(a, x, log_p, log_q, eps):
+    """Relative rounding of P and Q where each is formed as 1 minus the other: eps Q/P for P
+    where x >= a + 1 (Q by the continued fraction), eps P/Q for Q where x < a + 1 (P by the
+    series); 0 where computed directly. Bounded: the complement is the larger side there, or
+    at least ~a E1(x) for small a."""
+    series = x < a + 1
+    return (
+        np.where(series, 0.0, 4 * eps * np.exp(np.where(series, 0.0, log_q - log_p))),
+        np.where(series, 4 * eps * np.exp(np.where(series, log_p - log_q, 0.0)), 0.0),
+    )
+
+
+def test_log_gammainc_pair_matches_mpmath(backend):
+    a, x, log_p, log_q, d_a, d_x = gamma_reference()
+    (ours_p, ours_q), (g_a, g_x) = backend.special("log_gammainc_pair", (a, x))
+    # The prefactor x^a e^-x / Gamma(a) carries the rounding of lgamma(a) ~ a log a and of x;
+    # the function not computed directly in its region (Q where x < a + 1, P elsewhere) is the
+    # complement of the other, with a rounding of eps relative to 1.
+    tol = 1e-13 + 8 * EPS64 * (a * np.abs(np.log(a)) + x)
+    p_tol, q_tol = complement_slack(a, x, log_p, log_q, EPS64)
+    assert np.all(np.abs(np.expm1(ours_p - log_p)) <= tol + p_tol)
+    assert np.all(np.abs(np.expm1(ours_q - log_q)) <= tol + q_tol)
+    # The issue's criterion for the shape derivative: 1e-10 relative in float64.
+    assert np.all(np.abs(g_a - d_a) <= 1e-10 * np.abs(d_a))
+    assert np.all(np.abs(g_x - d_x) <= tol * np.abs(d_x) + 1e-300)
+
+
+def test_log_gammainc_pair_float32(backend):
+    a, x, log_p, log_q, d_a, d_x = gamma_reference()
+    keep = (a <= 100) & (x <= 120)  # where float32 values and derivatives are representable
+    (ours_p, ours_q), (g_a, g_x) = backend.special(
+        "log_gammainc_pair", (a[keep], x[keep]), "float32"
+    )
+    slack = complement_slack(a[keep], x[keep], log_p[keep], log_q[keep], np.finfo("float32").eps)
+    for ours, ref, extra in zip((ours_p, ours_q), (log_p[keep], log_q[keep]), slack, strict=True):
+        finite = np.isfinite(ours)
+        assert np.all(finite | (ref < -80))  # below the float32 range of log(tiny) only
+        # 1e-5 of the log (the prefactor's rounding), and the complement's rounding.
+        tol = 1e-5 * np.maximum(1, np.abs(ref)) + extra
+        assert np.all((np.abs(ours - ref) <= tol)[finite])
+    shown = np.isfinite(g_a) & (np.abs(d_a[keep]) < 1e30)
+    assert np.mean(shown) > 0.8
+    assert np.all(np.abs(g_a - d_a[keep])[shown] <= 1e-3 * np.abs(d_a[keep])[shown] + 1e-6)
+
+
+STUDENT_DF = [0.5, 1.0, 2.0, 2.5, 10.0, 100.0]
+STUDENT_T = [-1e8, -1e3, -30.0, -5.0, -1.0, -0.1, -1e-6, 0.0, 1e-6, 0.3, 2.0, 40.0, 1e5]
+
+
+def _student_log_tails(df, t):
+    """(log F, log S) of the standard Student t in mpmath."""
+    df, t = mp.mpf(df), mp.mpf(t)
+    lower = mp.betainc(df / 2, mp.mpf(1) / 2, 0, df / (df + t * t), regularized=True) / 2
+    return (mp.log(lower), mp.log(1 - lower)) if t <= 0 else (mp.log(1 - lower), mp.log(lower))
+
+
+@functools.cache
+def student_reference():
+    rows = []
+    with mp.workdps(40):
+        for df in STUDENT_DF:
+            for t in STUDENT_T:
+                log_f, log_s = _student_log_tails(df, t)
+                if t <= 0:
+                    d_df = mp.diff(lambda v, t=t: _student_log_tails(v, t)[0], df)
+                else:  # F near 1: from the derivative of the small S
+                    d_df = -mp.diff(
+                        lambda v, t=t: mp.exp(_student_log_tails(v, t)[1]), df
+                    ) / mp.exp(log_f)
+                df_, t_ = mp.mpf(df), mp.mpf(t)
+                log_pdf = (
+                    mp.loggamma((df_ + 1) / 2)
+                    - mp.loggamma(df_ / 2)
+                    - mp.log(df_ * mp.pi) / 2
+                    - (df_ + 1) / 2 * mp.log1p(t_ * t_ / df_)
+                )
+                d_t = mp.exp(log_pdf - log_f)
+                rows.append((df, t, *(float(v) for v in (log_f, log_s, d_df, d_t))))
+    return np.array(rows).T
+
+
+def test_student_t_log_cdf_pair_matches_mpmath(backend):
+    df, t, log_f, log_s, d_df, d_t = student_reference()
+    (ours_f, ours_s), (g_df, g_t) = backend.special("student_t_log_cdf_pair", (df, t))
+    assert np.all(np.abs(np.expm1(ours_f - log_f)) <= 1e-12)
+    assert np.all(np.abs(np.expm1(ours_s - log_s)) <= 1e-12)
+    # d log F / d df vanishes at t = 0 and is tiny where F is near 1: relative 1e-10, with an
+    # absolute floor of 1e-22 (the rounding of log F ~ 1 scaled by the 1e-6 steps near t = 0).
+    assert np.all(np.abs(g_df - d_df) <= 1e-10 * np.abs(d_df) + 1e-22)
+    assert np.all(np.abs(g_t - d_t) <= 1e-12 * np.abs(d_t) + 1e-300)
+
+
+def test_student_t_log_cdf_pair_float32(backend):
+    df, t, log_f, log_s, d_df, d_t = student_reference()
+    # float32 keeps about 7 digits of the O(df log df) terms of the prefactor: df <= 10 here.
+    keep = (np.abs(t) <= 1e3) & (df <= 10)
+    (ours_f, ours_s), (g_df, g_t) = backend.special(
+        "student_t_log_cdf_pair", (df[keep], t[keep]), "float32"
+    )
+    assert np.all(np.abs(ours_f - log_f[keep]) <= 1e-5 * np.maximum(1, np.abs(log_f[keep])))
+    assert np.all(np.abs(ours_s - log_s[keep]) <= 1e-5 * np.maximum(1, np.abs(log_s[keep])))
+    assert np.all(np.abs(g_df - d_df[keep]) <= 1e-3 * np.abs(d_df[keep]) + 1e-6)
+    assert np.all(np.abs(g_t - d_t[keep]) <= 1e-4 * np.abs(d_t[keep]) + 1e-30)
+
+
+@pytest.mark.parametrize("df,t", [(3.0, -2.0), (1.0, 4.0)])
+def test_integer_shapes_where_the_fractions_terminate(backend, df, t):
+    """At df = 2 (a = 1) the continued fraction terminates while its df-derivative does not."""
+    (log_f, _), (g_df, _) = backend.special("student_t_log_cdf_pair", ([2.0], [t]))
+    with mp.workdps(40):
+        ref = mp.diff(lambda v: _student_log_tails(v, t)[0], 2) if t <= 0 else None
+        if ref is None:
+            f = mp.exp(_student_log_tails(2, t)[0])
+            ref = -mp.diff(lambda v: mp.exp(_student_log_tails(v, t)[1]), 2) / f
+    assert abs(g_df[0] - float(ref)) <= 1e-10 * abs(float(ref))

@@ -1,0 +1,476 @@
+"""Numerical tests of TruncatedNormal, written once and run on both hosts.
+
+Ground truth: scipy.stats.truncnorm and scipy.special.log_ndtr (accurate far into the tails),
+mpmath (tail probabilities, moments by quadrature, closed-form implicit gradients at 40 digits),
+and finite differences of scipy's quantile function at fixed u.
+"""
+
+import functools
+
+import mpmath as mp
+import numpy as np
+import pytest
+import scipy.special
+import scipy.stats
+
+DTYPES = ["float32", "float64"]
+INF = np.inf
+N_DRAWS = 4000  # one sample size for every test: one compiled JAX function per dtype
+
+
+class _Torch:
+    name = "torch"
+
+    def __init__(self):
+        import torch
+
+        import pyro_implicit
+
+        self.torch, self.lib = torch, pyro_implicit
+
+    def _t(self, x, dtype, grad=False):
+        if x is None:
+            return None
+        t = self.torch.tensor(np.asarray(x), dtype=getattr(self.torch, dtype))
+        return t.requires_grad_(grad)
+
+    def dist(self, loc, scale, low, high, dtype, grad=False, validate_args=None):
+        params = [self._t(p, dtype, grad) for p in (loc, scale, low, high)]
+        return self.lib.TruncatedNormal(*params, validate_args=validate_args), params
+
+    def sample_grads(self, loc, scale, low, high, n, seed, dtype):
+        """z of shape (n,) with per-sample dz/d(loc, scale, low, high) (None for no bound)."""
+        self.torch.manual_seed(seed)
+        full = [None if p is None else np.full(n, p) for p in (loc, scale, low, high)]
+        d, params = self.dist(*full, dtype, grad=True)
+        z = d.rsample()
+        used = [p for p in params if p is not None]
+        grads = iter(self.torch.autograd.grad(z.sum(), used))
+        out = [None if p is None else next(grads).numpy() for p in params]
+        return z.detach().numpy(), out
+
+    def icdf_grads(self, loc, scale, low, high, u, dtype):
+        """z = icdf(u) with dz/d(loc, scale, low, high, u), all parameters broadcast to u."""
+        shape = np.shape(u)
+        full = [None if p is None else np.broadcast_to(p, shape) for p in (loc, scale, low, high)]
+        d, params = self.dist(*full, dtype, grad=True)
+        u_t = self._t(u, dtype, True)
+        z = d.icdf(u_t)
+        used = [p for p in (*params, u_t) if p is not None]
+        grads = iter(self.torch.autograd.grad(z.sum(), used))
+        out = [None if p is None else next(grads).numpy() for p in (*params, u_t)]
+        return z.detach().numpy(), out
+
+    def method(self, name, loc, scale, low, high, value, dtype):
+        d, _ = self.dist(loc, scale, low, high, dtype, validate_args=False)
+        return getattr(d, name)(self._t(value, dtype)).detach().numpy()
+
+    def moments(self, loc, scale, low, high, dtype):
+        d, _ = self.dist(loc, scale, low, high, dtype)
+        return d.mean.detach().numpy(), d.variance.detach().numpy()
+
+    def mean_grad_loc(self, loc, scale, low, high):
+        d, params = self.dist(loc, scale, low, high, "float64", grad=True)
+        return self.torch.autograd.grad(d.mean, params[0])[0].item()
+
+
+class _Jax:
+    name = "jax"
+
+    def __init__(self):
+        import jax
+
+        jax.config.update("jax_enable_x64", True)
+        import jax.numpy as jnp
+
+        import numpyro_implicit
+
+        self.jax, self.jnp, self.lib = jax, jnp, numpyro_implicit
+
+    def _a(self, x, dtype):
+        return None if x is None else self.jnp.asarray(x, dtype=dtype)
+
+    def dist(self, loc, scale, low, high, dtype, validate_args=None):
+        loc, scale, low, high = (self._a(p, dtype) for p in (loc, scale, low, high))
+        return self.lib.TruncatedNormal(loc, scale, low=low, high=high, validate_args=validate_args)
+
+    @functools.cache  # noqa: B019  (one compiled function per bound pattern)
+    def _sample_grad_fn(self, has_low, has_high):
+        def draw(key, loc, scale, low, high):
+            low, high = (low if has_low else None), (high if has_high else None)
+            return self.lib.TruncatedNormal(loc, scale, low=low, high=high).sample(key)
+
+        grad = self.jax.grad(lambda *a: draw(*a).sum(), argnums=(1, 2, 3, 4))
+        return self.jax.jit(lambda *a: (draw(*a), grad(*a)))
+
+    def sample_grads(self, loc, scale, low, high, n, seed, dtype):
+        # No bound is an infinite one: one compiled function per dtype and n serves all cases.
+        bounds = (-np.inf if low is None else low, np.inf if high is None else high)
+        fill = [np.full(n, p) for p in (loc, scale, *bounds)]
+        fn = self._sample_grad_fn(True, True)
+        z, grads = fn(self.jax.random.PRNGKey(seed), *(self._a(p, dtype) for p in fill))
+        out = [
+            None if p is None else np.asarray(g)
+            for p, g in zip((loc, scale, low, high), grads, strict=True)
+        ]
+        return np.asarray(z), out
+
+    @functools.cache  # noqa: B019
+    def _icdf_grad_fn(self, has_low, has_high):
+        def icdf(loc, scale, low, high, u):
+            low, high = (low if has_low else None), (high if has_high else None)
+            return self.lib.TruncatedNormal(loc, scale, low=low, high=high).icdf(u)
+
+        grad = self.jax.grad(lambda *a: icdf(*a).sum(), argnums=(0, 1, 2, 3, 4))
+        return self.jax.jit(lambda *a: (icdf(*a), grad(*a)))
+
+    def icdf_grads(self, loc, scale, low, high, u, dtype):
+        shape = np.shape(u)
+        bounds = (-np.inf if low is None else low, np.inf if high is None else high)
+        fill = [np.full(shape, p) for p in (loc, scale, *bounds)]
+        fn = self._icdf_grad_fn(True, True)
+        z, grads = fn(*(self._a(p, dtype) for p in (*fill, u)))
+        out = [
+            None if p is None else np.asarray(g)
+            for p, g in zip((loc, scale, low, high, u), grads, strict=True)
+        ]
+        return np.asarray(z), out
+
+    def method(self, name, loc, scale, low, high, value, dtype):
+        d = self.dist(loc, scale, low, high, dtype, validate_args=False)
+        return np.asarray(getattr(d, name)(self._a(value, dtype)))
+
+    def moments(self, loc, scale, low, high, dtype):
+        d = self.dist(loc, scale, low, high, dtype)
+        return np.asarray(d.mean), np.asarray(d.variance)
+
+    def mean_grad_loc(self, loc, scale, low, high):
+        def mean(m):
+            return self.dist(m, scale, low, high, "float64").mean
+
+        return float(self.jax.grad(mean)(self.jnp.asarray(loc, "float64")))
+
+
+_cache = {}
+
+
+def _backend(name):
+    if name not in _cache:
+        _cache[name] = {"torch": _Torch, "jax": _Jax}[name]()
+    return _cache[name]
+
+
+@pytest.fixture(params=["torch", "jax"])
+def tb(request):
+    return _backend(request.param)
+
+
+def cast(dtype, *values):
+    """The parameters as the host holds them (rounded to dtype), as Python floats."""
+    return [None if v is None else float(np.asarray(v, dtype)) for v in values]
+
+
+def ref_cdf(x, alpha, beta):
+    """Truncated standard normal CDF from scipy's log_ndtr, in the tail that is small."""
+    alpha = -INF if alpha is None else alpha
+    beta = INF if beta is None else beta
+    if alpha + beta < 0:  # mirror: F(x) = 1 - F'(-x) on [-beta, -alpha]
+        return 1 - ref_cdf(-x, -beta, -alpha)
+    ls = scipy.special.log_ndtr
+    la, lb, lx = ls(-alpha), ls(-beta), ls(-np.clip(x, alpha, beta))
+    return -np.expm1(lx - la) / -np.expm1(lb - la)
+
+
+def mp_tail(a, b):
+    """Leaning-right bounds, mirror sign, and Z = S(a) - S(b) in mpmath (50 digits)."""
+    a = -mp.inf if a is None else mp.mpf(a)
+    b = mp.inf if b is None else mp.mpf(b)
+    sign = 1
+    if a + b < 0:
+        a, b, sign = -b, -a, -1
+    return a, b, sign, mp.ncdf(-a) - mp.ncdf(-b)
+
+
+def mp_moments(alpha, beta):
+    """Mean and variance of the standard normal truncated to [alpha, beta], from the closed
+    forms at 80 digits (enough for every cancellation they contain here)."""
+    with mp.workdps(80):
+        a, b, sign, z = mp_tail(alpha, beta)
+        pa = mp.npdf(a) if a > -mp.inf else mp.mpf(0)
+        pb = mp.npdf(b) if b < mp.inf else mp.mpf(0)
+        mean = (pa - pb) / z
+        var = 1 + ((a * pa if a > -mp.inf else 0) - (b * pb if b < mp.inf else 0)) / z - mean**2
+        return float(sign * mean), float(var)
+
+
+# (loc, scale, low, high): central, binding, far tails both sides, one- and two-sided, narrow.
+INTERVALS = [
+    (0.0, 1.0, -1.0, 2.0),
+    (0.8, 0.5, 0.0, 1.0),
+    (0.0, 1.0, 8.0, 9.0),
+    (0.0, 1.0, -40.0, -39.0),
+    (0.0, 1.0, 39.9, 40.0),
+    (0.0, 1.0, 40.0, 41.0),
+    (0.0, 1.0, 40.0, None),
+    (0.0, 1.0, None, -40.0),
+    (0.0, 1.0, 0.0, 1e-4),
+    (0.0, 1.0, 5.0, 5.0001),
+    (0.0, 1.0, -30.0001, -30.0),
+    (1.0, 2.0, 0.0, None),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("loc,scale,low,high", INTERVALS)
+def test_samples_in_support_and_goodness_of_fit(tb, dtype, loc, scale, low, high):
+    z, grads = tb.sample_grads(loc, scale, low, high, N_DRAWS, seed=0, dtype=dtype)
+    assert np.all(np.isfinite(z))
+    for g in grads:
+        assert g is None or np.all(np.isfinite(g))
+    loc, scale, low, high = cast(dtype, loc, scale, low, high)
+    if low is not None:
+        assert np.all(z >= low)
+    if high is not None:
+        assert np.all(z <= high)
+    alpha = None if low is None else (low - loc) / scale
+    beta = None if high is None else (high - loc) / scale
+    x = (z.astype(np.float64) - loc) / scale
+    # The law of x: KS against the exact CDF (the bounds as rounded to dtype), in every tail.
+    p = scipy.stats.kstest(x, lambda v: ref_cdf(v, alpha, beta)).pvalue
+    assert p > 1e-4
+
+
+def test_narrow_interval_is_nearly_uniform(tb):
+    z, _ = tb.sample_grads(0.0, 1.0, 0.0, 1e-4, N_DRAWS, seed=1, dtype="float64")
+    assert scipy.stats.kstest(z / 1e-4, "uniform").pvalue > 1e-4
+
+
+def mp_grads(z, loc, scale, low, high):
+    """dz/d(loc, scale, low, high) from the closed forms, in mpmath at 50 digits."""
+    with mp.workdps(50):
+        loc, scale = mp.mpf(loc), mp.mpf(scale)
+        x = (mp.mpf(float(z)) - loc) / scale
+        alpha = None if low is None else (mp.mpf(low) - loc) / scale
+        beta = None if high is None else (mp.mpf(high) - loc) / scale
+        a, b, sign, zmass = mp_tail(alpha, beta)
+        xr = sign * x
+        f = (mp.ncdf(-a) - mp.ncdf(-xr)) / zmass  # F' in the leaning-right frame
+        g = (mp.ncdf(-xr) - mp.ncdf(-b)) / zmass
+        da = mp.exp((xr - a) * (xr + a) / 2) * g if a > -mp.inf else mp.mpf(0)
+        db = mp.exp((xr - b) * (xr + b) / 2) * f if b < mp.inf else mp.mpf(0)
+        if sign < 0:
+            da, db = db, da
+        d_alpha = da if alpha is not None else 0
+        d_beta = db if beta is not None else 0
+        d_scale = (
+            x - (alpha * da if alpha is not None else 0) - (beta * db if beta is not None else 0)
+        )
+        return [float(1 - d_alpha - d_beta), float(d_scale), float(d_alpha), float(d_beta)]
+
+
+def grad_errors(grads, ref):
+    """Relative errors, with an absolute floor at 1e-3 of the largest derivative of the draw
+    (1 - da - db passes through zero as a draw approaches a bound)."""
+    floor = 1e-3 * np.max(np.abs(ref), axis=1)
+    return [
+        None if g is None else np.abs(g - ref[:, k]) / np.maximum(np.abs(ref[:, k]), floor)
+        for k, g in enumerate(grads)
+    ]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("loc,scale,low,high", INTERVALS)
+def test_sample_gradients_match_mpmath(tb, dtype, loc, scale, low, high):
+    z, grads = tb.sample_grads(loc, scale, low, high, N_DRAWS, seed=2, dtype=dtype)
+    z, grads = z[:12], [None if g is None else g[:12] for g in grads]
+    # The closed forms at the float parameters that the host actually used.
+    ref = np.array([mp_grads(zi, *cast(dtype, loc, scale, low, high)) for zi in z])
+    tol = 1e-7 if dtype == "float64" else 2e-3
+    for k, err in enumerate(grad_errors(grads, ref)):
+        assert err is None or np.all(err < tol), (k, err.max())
+
+
+def test_gradients_are_derivatives_of_the_quantile_at_fixed_u(tb):
+    """dz/dphi at fixed u = F(z), against central differences of scipy's truncnorm.ppf, for a
+    binding interval (loc 0.8, scale 0.5 on [0, 1])."""
+    loc, scale, low, high = 0.8, 0.5, 0.0, 1.0
+    z, grads = tb.sample_grads(loc, scale, low, high, N_DRAWS, seed=4, dtype="float64")
+    z, grads = z[:6], [g[:6] for g in grads]
+
+    def ppf(u, m, s, lo, hi):
+        return scipy.stats.truncnorm.ppf(u, (lo - m) / s, (hi - m) / s, loc=m, scale=s)
+
+    params = np.array([loc, scale, low, high])
+    u = scipy.stats.truncnorm.cdf(z, (low - loc) / scale, (high - loc) / scale, loc, scale)
+    h = 1e-6
+    for k in range(4):
+        step = np.zeros(4)
+        step[k] = h
+        fd = (ppf(u, *(params + step)) - ppf(u, *(params - step))) / (2 * h)
+        assert np.allclose(grads[k], fd, rtol=1e-6, atol=1e-8), k
+
+
+def test_mean_gradient_in_loc_is_not_one(tb):
+    """dE[z]/dloc = 0.2757 for loc=0.8, scale=0.5 on [0, 1] (not 1, as a naive rule says)."""
+    h = 1e-6
+
+    def mean(m):
+        return scipy.stats.truncnorm.mean(-m / 0.5, (1 - m) / 0.5, loc=m, scale=0.5)
+
+    exact = (mean(0.8 + h) - mean(0.8 - h)) / (2 * h)
+    assert abs(exact - 0.2757) < 1e-4
+    assert abs(tb.mean_grad_loc(0.8, 0.5, 0.0, 1.0) - exact) < 1e-8
+    _, grads = tb.sample_grads(0.8, 0.5, 0.0, 1.0, N_DRAWS, seed=3, dtype="float64")
+    d_loc = grads[0]
+    se = d_loc.std() / np.sqrt(d_loc.size)
+    assert abs(d_loc.mean() - exact) < 4.5 * se  # 4.5 standard errors: a 1e-5 false alarm
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_log_prob_cdf_moments_match_scipy(tb, dtype):
+    tol = 1e-10 if dtype == "float64" else 2e-5
+    for loc, scale, low, high in [
+        (0.0, 1.0, -1.0, 2.0),
+        (0.8, 0.5, 0.0, 1.0),
+        (1.0, 2.0, 0.0, 8.0),
+    ]:
+        a, b = (low - loc) / scale, (high - loc) / scale
+        ref = scipy.stats.truncnorm(a, b, loc=loc, scale=scale)
+        v = np.linspace(low, high, 7)[1:-1]
+        lp = tb.method("log_prob", loc, scale, low, high, v, dtype)
+        assert np.allclose(lp, ref.logpdf(v), rtol=tol, atol=tol)
+        cdf = tb.method("cdf", loc, scale, low, high, v, dtype)
+        assert np.allclose(cdf, ref.cdf(v), rtol=tol, atol=tol)
+        m, var = tb.moments(loc, scale, low, high, dtype)
+        assert np.allclose(m, ref.mean(), rtol=tol) and np.allclose(var, ref.var(), rtol=10 * tol)
+    lp = tb.method("log_prob", 0.0, 1.0, -1.0, 2.0, np.array([-1.5, 2.5]), dtype)
+    assert np.all(lp == -np.inf)
+
+
+TAILS = [(40.0, 41.0), (-41.0, -40.0), (8.0, 9.0), (40.0, None), (None, -30.0), (38.0, None)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("low,high", TAILS)
+def test_tails_match_mpmath(tb, dtype, low, high):
+    """log_prob, cdf, mean and variance 30-41 standard deviations out."""
+    low, high = cast(dtype, low, high)
+    edge = low if low is not None else high
+    inward = 1.0 if low is not None else -1.0
+    v = np.array([edge, edge + inward * 0.01, edge + inward * 0.1])
+    v = cast(dtype, *v)
+    with mp.workdps(50):
+        a, b, sign, z = mp_tail(low, high)
+        ref_lp = [float(mp.log(mp.npdf(t) / z)) for t in v]
+        ref_cdf = [
+            float((mp.ncdf(-a) - mp.ncdf(-sign * mp.mpf(t))) / z) for t in v
+        ]  # F' at the mirrored point
+        if sign < 0:
+            ref_cdf = [1 - c for c in ref_cdf]
+    ref_mean, ref_var = mp_moments(low, high)
+    tol = 1e-12 if dtype == "float64" else 1e-5
+    lp = tb.method("log_prob", 0.0, 1.0, low, high, np.array(v), dtype)
+    assert np.allclose(lp, ref_lp, rtol=tol, atol=tol)
+    cdf = tb.method("cdf", 0.0, 1.0, low, high, np.array(v), dtype)
+    assert np.allclose(cdf, ref_cdf, rtol=tol, atol=tol)
+    m, var = tb.moments(0.0, 1.0, low, high, dtype)
+    assert abs(m / ref_mean - 1) < tol and abs(var / ref_var - 1) < tol
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_moments_of_narrow_and_moderate_intervals(tb, dtype):
+    """The branches of the closed form: narrow (quadrature), one-sided tails on both sides of
+    the continued-fraction switch, two-sided near 0."""
+    tol = 1e-12 if dtype == "float64" else 1e-5
+    for low, high in [
+        (0.0, 1e-4),
+        (5.0, 5.0001),
+        (-0.3, 0.35),
+        (2.0, 2.5),
+        (2.4, None),
+        (2.6, None),
+        (5.9, None),
+        (6.1, None),
+        (-40.0, 45.0),
+    ]:
+        low, high = cast(dtype, low, high)
+        ref_mean, ref_var = mp_moments(low, high)
+        m, var = tb.moments(0.0, 1.0, low, high, dtype)
+        assert abs(m - ref_mean) <= tol * max(abs(ref_mean), 1), (low, high)
+        assert abs(var / ref_var - 1) < tol, (low, high, var, ref_var)
+
+
+def test_icdf_inverts_the_cdf_in_the_tails(tb):
+    u = np.array([1e-6, 0.01, 0.1, 0.3, 0.5, 0.7, 0.9, 0.99, 1 - 1e-9])  # 9, as in the parity test
+    for low, high in [(-1.0, 2.0), (40.0, 41.0), (-41.0, -40.0), (5.0, 5.0001), (40.0, None)]:
+        z, _ = tb.icdf_grads(0.0, 1.0, low, high, u, "float64")
+        # |F(z) - u| within 1e-8 relative, or within 4 float64 spacings of z (40 SD out, where
+        # F varies by 1e-13 per spacing, u = 1e-6 has no closer representable quantile).
+        h = 1e-7
+        slope = (ref_cdf(z + h, low, high) - ref_cdf(z - h, low, high)) / (2 * h)
+        err = np.abs(ref_cdf(z, low, high) - u)
+        assert np.all(err <= 1e-8 * u + 4 * slope * np.spacing(z)), (low, high)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_no_nan_anywhere(tb, dtype):
+    """Samples and gradients stay finite over a grid of extreme parameters."""
+    for loc, scale, low, high in [
+        (0.0, 1e-3, 0.0, 1e3),
+        (0.0, 1e3, -1e-3, 1e-3),
+        (100.0, 1.0, None, 0.0),
+        (-100.0, 1.0, 0.0, None),
+        (0.0, 1.0, None, None),
+        (0.0, 1.0, -1e4, 1e4),
+        (3.0, 0.01, 3.0, 3.0 + 1e-6),
+    ]:
+        z, grads = tb.sample_grads(loc, scale, low, high, N_DRAWS, seed=5, dtype=dtype)
+        assert np.all(np.isfinite(z)), (loc, scale, low, high)
+        assert all(g is None or np.all(np.isfinite(g)) for g in grads), (loc, scale, low, high)
+        lo, hi = cast(dtype, low, high)
+        assert (lo is None or np.all(z >= lo)) and (hi is None or np.all(z <= hi))
+
+
+def test_parity_between_hosts():
+    """The same quantiles and gradients at the same u, and the same log_prob, cdf, moments."""
+    torch_b, jax_b = _backend("torch"), _backend("jax")
+    u = np.linspace(0.01, 0.99, 9)
+    for dtype in DTYPES:
+        tol = 1e-12 if dtype == "float64" else 1e-5
+        for loc, scale, low, high in INTERVALS:
+            zt, gt = torch_b.icdf_grads(loc, scale, low, high, u, dtype)
+            zj, gj = jax_b.icdf_grads(loc, scale, low, high, u, dtype)
+            assert np.allclose(zt, zj, rtol=tol, atol=0), (low, high)
+            # derivatives to rounding relative to the largest derivative of the draw
+            scale = np.max([np.abs(g) for g in gt if g is not None], axis=0)
+            for a, b in zip(gt, gj, strict=True):
+                assert (a is None) == (b is None)
+                if a is not None:
+                    assert np.all(np.abs(a - b) <= 10 * tol * np.maximum(np.abs(a), scale))
+            for name in ("log_prob", "cdf"):
+                mt = torch_b.method(name, loc, scale, low, high, zt, dtype)
+                mj = jax_b.method(name, loc, scale, low, high, zt, dtype)
+                assert np.allclose(mt, mj, rtol=10 * tol, atol=10 * tol), (name, low, high)
+            for a, b in zip(
+                torch_b.moments(loc, scale, low, high, dtype),
+                jax_b.moments(loc, scale, low, high, dtype),
+                strict=True,
+            ):
+                assert np.allclose(a, b, rtol=tol), (low, high)
+
+
+@pytest.mark.parametrize(
+    "loc,scale,low,high,name",
+    [
+        (0.0, 1.0, 1.0, 0.0, "low"),
+        (0.0, 1.0, 1.0, 1.0, "low"),
+        (0.0, -1.0, 0.0, 1.0, "scale"),
+        (0.0, 0.0, 0.0, 1.0, "scale"),
+        (np.inf, 1.0, 0.0, 1.0, "loc"),
+        (np.nan, 1.0, 0.0, 1.0, "loc"),
+        (0.0, np.inf, 0.0, 1.0, "scale"),
+    ],
+)
+def test_validation_errors_name_the_parameter(tb, loc, scale, low, high, name):
+    with pytest.raises(ValueError, match=f"(?s){name}.*constraint|constraint.*{name}"):
+        tb.dist(loc, scale, low, high, "float64", validate_args=True)
