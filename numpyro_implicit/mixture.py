@@ -33,18 +33,12 @@ from numpyro.handlers import seed
 from numpyro.infer import Trace_ELBO
 from numpyro.infer.util import get_importance_trace
 
+from . import base_cdf
 from ._implicit import implicit_reparameterize
-
-try:  # differentiable CDFs of the univariate host distributions (another module of this package)
-    from . import base_cdf as _base_cdf
-except ImportError:  # pragma: no cover - until base_cdf lands
-    _base_cdf = None
 
 __all__ = ["MixtureSameFamily", "ScoreTrace_ELBO"]
 
 _WEIGHT_ESTIMATORS = ("implicit", "score")
-# Families whose host `.cdf` is differentiable in (loc, scale); used when base_cdf is absent.
-_LOC_SCALE = ("Normal", "Laplace", "Logistic", "Cauchy", "Gumbel")
 
 
 class MixtureSameFamily(_NumPyroMixtureSameFamily):
@@ -197,23 +191,14 @@ def _univariate_base(component):
             "MixtureSameFamily: `component_distribution` must be univariate or "
             f"Independent(univariate, 1), got event shape {tuple(component.event_shape)}"
         )
-    if _base_cdf is not None:
-        _base_cdf.check_base(component, "MixtureSameFamily")
-    elif type(component).__name__ not in _LOC_SCALE:
-        raise TypeError(
-            f"MixtureSameFamily: components of type {type(component).__name__} are not "
-            f"supported; supported: {', '.join(_LOC_SCALE)}"
-        )
+    base_cdf.check_base(component, "MixtureSameFamily")
     return component, multivariate
 
 
 def _cdf_pair(base, x):
-    """``(F, 1 - F)``, each accurate where it is small when base_cdf provides log-CDFs."""
-    if _base_cdf is not None:
-        log_cdf, log_sf = _base_cdf.log_cdf_pair(base, x)
-        return jnp.exp(log_cdf), jnp.exp(log_sf)
-    cdf = base.cdf(x)
-    return cdf, 1 - cdf
+    """``(F, 1 - F)``, each accurate where it is small."""
+    log_cdf, log_sf = base_cdf.log_cdf_pair(base, x)
+    return jnp.exp(log_cdf), jnp.exp(log_sf)
 
 
 def _per_dim(z, multivariate):

@@ -28,19 +28,13 @@ from pyro.distributions import MixtureSameFamily as _PyroMixtureSameFamily
 from pyro.distributions.score_parts import ScoreParts
 from torch.distributions import Independent
 
+from . import base_cdf
 from ._implicit import implicit_reparameterize
-
-try:  # differentiable CDFs of the univariate host distributions (another module of this package)
-    from . import base_cdf as _base_cdf
-except ImportError:  # pragma: no cover - until base_cdf lands
-    _base_cdf = None
 
 __all__ = ["MixtureSameFamily"]
 
 _WEIGHT_ESTIMATORS = ("implicit", "score")
 _NO_SHAPE = torch.Size()
-# Families whose host `.cdf` is differentiable in (loc, scale); used when base_cdf is absent.
-_LOC_SCALE = ("Normal", "Laplace", "Logistic", "Cauchy", "Gumbel")
 
 
 class MixtureSameFamily(_PyroMixtureSameFamily):
@@ -97,7 +91,7 @@ class MixtureSameFamily(_PyroMixtureSameFamily):
         """``z`` (any point of the support) with the implicit gradient of the sequential
         transform attached: the derivative of :math:`S^{-1}(u)` at fixed :math:`u = S(z)`."""
         base, multivariate = _univariate_base(self.component_distribution)
-        component_params = _parameters(base)
+        component_params = base_cdf.parameters(base)
         logits = self.mixture_distribution.logits
         if self.weights == "score":
             logits = logits.detach()
@@ -107,14 +101,14 @@ class MixtureSameFamily(_PyroMixtureSameFamily):
         shared = {}
 
         def standardize(z, logits, *params):
-            terms = _component_terms(z, logits, _rebuild(base, params), multivariate)
+            terms = _component_terms(z, logits, base_cdf.rebuild(base, params), multivariate)
             shared.update(inputs=(z, logits, *params), terms=terms)
             return _sequential_cdf(terms, multivariate)
 
         def solve(z, logits, *params_and_v):
             *params, v = params_and_v
             inputs, terms = shared.pop("inputs", ()), shared.pop("terms", None)
-            rebuilt = _rebuild(base, params)
+            rebuilt = base_cdf.rebuild(base, params)
             if len(inputs) != len(params) + 2 or any(
                 a is not b for a, b in zip(inputs, (z, logits, *params), strict=True)
             ):
@@ -151,35 +145,14 @@ def _univariate_base(component):
             "MixtureSameFamily: `component_distribution` must be univariate or "
             f"Independent(univariate, 1), got event shape {tuple(component.event_shape)}"
         )
-    if _base_cdf is not None:
-        _base_cdf.check_base(component, "MixtureSameFamily")
-    elif type(component).__name__ not in _LOC_SCALE:
-        raise TypeError(
-            f"MixtureSameFamily: components of type {type(component).__name__} are not "
-            f"supported; supported: {', '.join(_LOC_SCALE)}"
-        )
+    base_cdf.check_base(component, "MixtureSameFamily")
     return component, multivariate
 
 
-def _parameters(base):
-    if _base_cdf is not None:
-        return tuple(_base_cdf.parameters(base))
-    return base.loc, base.scale
-
-
-def _rebuild(base, params):
-    if _base_cdf is not None:
-        return _base_cdf.rebuild(base, params)
-    return type(base)(*params, validate_args=False)
-
-
 def _cdf_pair(base, x):
-    """``(F, 1 - F)``, each accurate where it is small when base_cdf provides log-CDFs."""
-    if _base_cdf is not None:
-        log_cdf, log_sf = _base_cdf.log_cdf_pair(base, x)
-        return torch.exp(log_cdf), torch.exp(log_sf)
-    cdf = base.cdf(x)
-    return cdf, 1 - cdf
+    """``(F, 1 - F)``, each accurate where it is small."""
+    log_cdf, log_sf = base_cdf.log_cdf_pair(base, x)
+    return torch.exp(log_cdf), torch.exp(log_sf)
 
 
 def _per_dim(z, multivariate):
