@@ -82,12 +82,19 @@ def _half_sq_diff(x, a):
 def _log_mills(x):
     """log R(x) = log S(x) - log phi(x) = log(sqrt(pi/2) erfcx(x/sqrt 2)), no cancellation for
     any x; below -_ERFCX_FLOOR, where erfcx would overflow, S(x) = 1 to rounding and
-    log R(x) = x^2/2 + log sqrt(2 pi). -inf at +inf, +inf at -inf."""
+    log R(x) = x^2/2 + log sqrt(2 pi); from _GAP_FROM on, -log(x + c(x)) by the continued
+    fraction of :func:`_mills_gap` (JAX's erfcx returns 0 for some large arguments in both
+    precisions, jax-ml/jax#38607). -inf at +inf, +inf at -inf."""
+    precision = _precision(x)
     finite = jnp.isfinite(x)
-    inside = finite & (x > -_ERFCX_FLOOR[_precision(x)])
+    far = finite & (x >= _GAP_FROM[precision])
+    inside = finite & (x > -_ERFCX_FLOOR[precision]) & ~far
     xi, xf = jnp.where(inside, x, 0.0), jnp.where(finite, x, 0.0)
+    xg = jnp.where(far, x, _GAP_FROM[precision])
     value = jnp.where(
-        inside, jnp.log(erfcx(xi / math.sqrt(2))) + _HALF_LOG_PI_2, xf * xf / 2 + _HALF_LOG_2PI
+        inside,
+        jnp.log(erfcx(xi / math.sqrt(2))) + _HALF_LOG_PI_2,
+        jnp.where(far, -jnp.log(xg + _mills_gap(xg)), xf * xf / 2 + _HALF_LOG_2PI),
     )
     return jnp.where(finite, value, jnp.where(x > 0, -math.inf, math.inf))
 

@@ -474,3 +474,40 @@ def test_parity_between_hosts():
 def test_validation_errors_name_the_parameter(tb, loc, scale, low, high, name):
     with pytest.raises(ValueError, match=f"(?s){name}.*constraint|constraint.*{name}"):
         tb.dist(loc, scale, low, high, "float64", validate_args=True)
+
+
+def test_log_prob_gradients_where_jax_erfcx_fails():
+    """Standardized bounds near 13 (float32) or 37.6 (float64), where jax.scipy.special.erfcx
+    returns 0 (jax-ml/jax#38607): the gradients stay finite and agree across dtypes and hosts."""
+    import jax
+    import jax.numpy as jnp
+    import torch
+
+    import numpyro_implicit
+    import pyro_implicit
+
+    jax.config.update("jax_enable_x64", True)  # as tests/backends.py does
+    cases = [(-3.6414, 0.35204, -1.0, 1.0, -0.95185), (0.0, 1.0, 37.6, 38.0, 37.7)]
+    for loc, scale, low, high, value in cases:
+        grads = {}
+        for dtype in ("float32", "float64"):
+
+            def log_prob(loc, scale, dtype=dtype, low=low, high=high, value=value):
+                d = numpyro_implicit.TruncatedNormal(loc, scale, low=low, high=high)
+                return d.log_prob(jnp.asarray(value, dtype))
+
+            args = (jnp.asarray(loc, dtype), jnp.asarray(scale, dtype))
+            grads["jax", dtype] = np.array(jax.grad(log_prob, argnums=(0, 1))(*args), np.float64)
+            t_loc, t_scale = (torch.tensor(v, dtype=getattr(torch, dtype)) for v in (loc, scale))
+            t_loc.requires_grad_(), t_scale.requires_grad_()
+            lp = pyro_implicit.TruncatedNormal(t_loc, t_scale, low, high).log_prob(
+                torch.tensor(value, dtype=getattr(torch, dtype))
+            )
+            grads["torch", dtype] = np.array(
+                [g.item() for g in torch.autograd.grad(lp, [t_loc, t_scale])]
+            )
+        reference = grads["torch", "float64"]
+        for key, g in grads.items():
+            assert np.all(np.isfinite(g)), key
+            tol = 1e-10 if key[1] == "float64" else 2e-3
+            np.testing.assert_allclose(g, reference, rtol=tol, atol=tol * np.abs(reference).max())
