@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from ._provenance import apply
+
 __all__ = ["implicit_reparameterize"]
 
 
@@ -68,7 +70,7 @@ def implicit_reparameterize(
             raise TypeError(f"params[{i}] must be a torch.Tensor, got {type(p).__name__}")
     if not any(p.requires_grad for p in params):
         return sample.detach()
-    return _ImplicitSample.apply((cdf, log_prob, grad, solve), sample.detach(), *params)
+    return apply(_ImplicitSample, (cdf, log_prob, grad, solve), sample.detach(), *params)
 
 
 class _ImplicitSample(torch.autograd.Function):

@@ -37,6 +37,8 @@ import torch
 from torch.distributions.utils import broadcast_all
 from torch.special import i0e, i1e
 
+from ._provenance import apply
+
 __all__ = [
     "bessel_ratio",
     "gammainc",
@@ -114,7 +116,7 @@ class _I0eNonnegative(torch.autograd.Function):
 
 
 def i0e_nonnegative(x):
-    return _I0eNonnegative.apply(x)
+    return apply(_I0eNonnegative, x)
 
 
 @functools.lru_cache
@@ -297,7 +299,7 @@ def log_marcum_q(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.
     :math:`\partial_a (1 - Q_1) = -b e^{-(a^2+b^2)/2} I_1(ab)`.
     """
     a, b = broadcast_all(a, b)
-    return _LogMarcumQ.apply(a, b)
+    return apply(_LogMarcumQ, a, b)
 
 
 # --- Incomplete gamma and Student t CDF, in log space with parameter derivatives -------------
@@ -424,7 +426,7 @@ def log_gammainc_pair(a: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, t
     error :math:`\sim\epsilon P/Q` (resp. :math:`\epsilon Q/P`), up to 1e-11 for small shapes.
     """
     a, x = broadcast_all(a, x)
-    return _LogGammaincPair.apply(a, x)
+    return apply(_LogGammaincPair, a, x)
 
 
 def gammainc(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -584,7 +586,7 @@ def student_t_log_cdf_pair(df: torch.Tensor, t: torch.Tensor) -> tuple[torch.Ten
     whose derivative is carried through the continued fraction.
     """
     df, t = broadcast_all(df, t)
-    return _StudentTLogCdfPair.apply(df, t)
+    return apply(_StudentTLogCdfPair, df, t)
 
 
 class _GammaLogCdfPair(torch.autograd.Function):
@@ -620,7 +622,7 @@ def gamma_log_cdf_pair(
     :math:`\partial\log P/\partial\log x = x^a e^{-x}/(\Gamma(a) P)`, which stays finite where
     :math:`\beta v` is subnormal (float32 samples of a small shape)."""
     concentration, rate, value = broadcast_all(concentration, rate, value)
-    return _GammaLogCdfPair.apply(concentration, rate, value)
+    return apply(_GammaLogCdfPair, concentration, rate, value)
 
 
 def _cauchy_log_tails(x):
@@ -668,4 +670,4 @@ def cauchy_log_cdf_pair(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Return :math:`(\log F(x), \log(1 - F(x)))` of the standard Cauchy distribution,
     :math:`F(x) = \operatorname{atan2}(1, -x)/\pi`, exact in both tails, with the derivative
     :math:`\partial_x \log F = q/F` formed in log space (finite far into the float32 tails)."""
-    return _CauchyLogCdfPair.apply(x)
+    return apply(_CauchyLogCdfPair, x)
