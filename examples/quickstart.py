@@ -11,6 +11,11 @@ The guide is a Rice distribution per voxel, fitted by SVI with ``Trace_ELBO``: i
 implicit reparameterization gradients. Both hosts fit the same simulated data; the script prints
 the ELBO as it goes, the fitted amplitudes and noise level against the truth, and saves a plot.
 
+A second, one-line model has a bimodal posterior: a signal :math:`s \\sim \\mathcal N(0, 2^2)`
+observed only through its magnitude, :math:`y_r \\sim \\mathcal N(|s|, 0.5^2)`, cannot tell
+:math:`s` from :math:`-s`. A two-component ``MixtureSameFamily`` guide (reparameterized by this
+package) finds both modes; the script compares it with the exact posterior on a grid.
+
 Run: ``python examples/quickstart.py`` (under a minute on a 2-core CPU).
 """
 
@@ -29,6 +34,105 @@ def simulate(seed=0):
     noise = NOISE * rng.standard_normal((2, NUM_REPEATS, NUM_VOXELS))
     y = np.hypot(amplitude + noise[0], noise[1])
     return amplitude, y
+
+
+SIGN_PRIOR, SIGN_NOISE, SIGN_TRUTH, SIGN_REPEATS = 2.0, 0.5, 1.5, 5
+
+
+def simulate_sign(seed=1):
+    rng = np.random.default_rng(seed)
+    return abs(SIGN_TRUTH) + SIGN_NOISE * rng.standard_normal(SIGN_REPEATS)
+
+
+def exact_sign_posterior(y, grid):
+    """The posterior density of s on a grid, by normalizing prior times likelihood."""
+    log_p = -0.5 * (grid / SIGN_PRIOR) ** 2
+    log_p = log_p - 0.5 * (((y[:, None] - np.abs(grid)) / SIGN_NOISE) ** 2).sum(0)
+    p = np.exp(log_p - log_p.max())
+    return p / (p.sum() * (grid[1] - grid[0]))
+
+
+def fit_mixture_pyro(y, steps, seed=0):
+    import pyro
+    import pyro.distributions as dist
+    import torch
+    from pyro.infer import SVI, Trace_ELBO
+    from pyro.optim import Adam
+
+    import pyro_implicit
+
+    pyro.clear_param_store()
+    pyro.set_rng_seed(seed)
+    y = torch.as_tensor(y, dtype=torch.float32)
+
+    def model(y):
+        s = pyro.sample("s", dist.Normal(0.0, SIGN_PRIOR))
+        with pyro.plate("repeats", len(y)):
+            pyro.sample("y", dist.Normal(s.abs(), SIGN_NOISE), obs=y)
+
+    def guide(y):
+        logits = pyro.param("logits", torch.zeros(2))
+        locs = pyro.param("locs", torch.tensor([-0.5, 0.5]))
+        scales = pyro.param("scales", torch.ones(2), constraint=dist.constraints.positive)
+        mixture = dist.Categorical(logits=logits)
+        pyro.sample("s", pyro_implicit.MixtureSameFamily(mixture, dist.Normal(locs, scales)))
+
+    svi = SVI(
+        model,
+        guide,
+        Adam({"lr": 0.02}),
+        Trace_ELBO(num_particles=16, vectorize_particles=True, max_plate_nesting=1),
+    )
+    losses = [svi.step(y) for _ in range(steps)]
+    names = ("logits", "locs", "scales")
+    return {"elbo": -np.array(losses)} | {k: pyro.param(k).detach().numpy() for k in names}
+
+
+def fit_mixture_numpyro(y, steps, seed=0):
+    import jax
+    import jax.numpy as jnp
+    import numpyro
+    import numpyro.distributions as dist
+    from numpyro.infer import SVI, Trace_ELBO
+    from numpyro.optim import Adam
+
+    import numpyro_implicit
+
+    y = jnp.asarray(y, dtype=jnp.float32)
+
+    def model(y):
+        s = numpyro.sample("s", dist.Normal(0.0, SIGN_PRIOR))
+        with numpyro.plate("repeats", len(y)):
+            numpyro.sample("y", dist.Normal(jnp.abs(s), SIGN_NOISE), obs=y)
+
+    def guide(y):
+        logits = numpyro.param("logits", jnp.zeros(2))
+        locs = numpyro.param("locs", jnp.array([-0.5, 0.5]))
+        scales = numpyro.param("scales", jnp.ones(2), constraint=dist.constraints.positive)
+        mixture = dist.Categorical(logits=logits)
+        numpyro.sample("s", numpyro_implicit.MixtureSameFamily(mixture, dist.Normal(locs, scales)))
+
+    svi = SVI(model, guide, Adam(0.02), Trace_ELBO(num_particles=16))
+    result = svi.run(jax.random.PRNGKey(seed), steps, y, progress_bar=False)
+    names = ("logits", "locs", "scales")
+    return {"elbo": -np.asarray(result.losses)} | {k: np.asarray(result.params[k]) for k in names}
+
+
+def report_mixture(name, fit, y):
+    grid = np.linspace(-6, 6, 4001)
+    exact = exact_sign_posterior(y, grid)
+    right = grid > 0  # by symmetry each mode holds half the mass
+    mode_mean = (grid[right] * exact[right]).sum() / exact[right].sum()
+    mode_sd = np.sqrt(((grid[right] - mode_mean) ** 2 * exact[right]).sum() / exact[right].sum())
+    weights = np.exp(fit["logits"] - np.logaddexp.reduce(fit["logits"]))
+    order = np.argsort(fit["locs"])
+    print(f"\n{name}, mixture guide for the sign-ambiguous signal (ELBO {fit['elbo'][-1]:.2f}):")
+    print(f"  exact posterior: modes at +-{mode_mean:.3f} (sd {mode_sd:.3f}), weights 0.5 / 0.5")
+    locs, scales = fit["locs"][order], fit["scales"][order]
+    print(
+        f"  fitted guide:    locs {locs[0]:.3f}, {locs[1]:.3f} (sd {scales[0]:.3f}, "
+        f"{scales[1]:.3f}), weights {weights[order][0]:.2f} / {weights[order][1]:.2f}"
+    )
 
 
 def fit_pyro(y, steps, seed=0):
@@ -126,13 +230,25 @@ def report(name, fit, amplitude, seconds):
         print(f"  {v:5d}  {amplitude[v]:.3f}  {fit['mean'][v]:.3f} +- {fit['std'][v]:.3f}")
 
 
-def plot(fits, amplitude, path):
+def plot(fits, amplitude, mixtures, y_sign, path):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import scipy.stats
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(15, 4))
+    grid = np.linspace(-5, 5, 1001)
+    ax3.plot(grid, exact_sign_posterior(y_sign, grid), "k", lw=2, label="exact posterior")
+    for name, fit in mixtures.items():
+        weights = np.exp(fit["logits"] - np.logaddexp.reduce(fit["logits"]))
+        density = sum(
+            w * scipy.stats.norm.pdf(grid, m, s)
+            for w, m, s in zip(weights, fit["locs"], fit["scales"], strict=True)
+        )
+        ax3.plot(grid, density, "--", label=f"{name} mixture guide")
+    ax3.set(xlabel="s", ylabel="density", title="Sign-ambiguous signal: mixture guide")
+    ax3.legend()
     for name, fit in fits.items():
         ax1.plot(fit["elbo"], label=name, alpha=0.8)
         ax2.errorbar(amplitude, fit["mean"], yerr=fit["std"], fmt="o", label=name, alpha=0.7)
@@ -151,6 +267,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     smoke = "CI" in os.environ
     parser.add_argument("--steps", type=int, default=200 if smoke else 1500)
+    parser.add_argument("--mixture-steps", type=int, default=200 if smoke else 1500)
     parser.add_argument("--plot", default=os.path.join(os.path.dirname(__file__), "quickstart.png"))
     args = parser.parse_args()
 
@@ -160,7 +277,11 @@ def main():
         start = time.perf_counter()
         fits[name] = fit(y, args.steps)
         report(name, fits[name], amplitude, time.perf_counter() - start)
-    plot(fits, amplitude, args.plot)
+    y_sign, mixtures = simulate_sign(), {}
+    for name, fit in (("Pyro", fit_mixture_pyro), ("NumPyro", fit_mixture_numpyro)):
+        mixtures[name] = fit(y_sign, args.mixture_steps)
+        report_mixture(name, mixtures[name], y_sign)
+    plot(fits, amplitude, mixtures, y_sign, args.plot)
     print(f"\nplot saved to {args.plot}")
 
 
