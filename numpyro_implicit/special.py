@@ -364,6 +364,13 @@ def _log_gammainc_impl(a, x):
     return log_p, log_q, dlog_p, dlog_q
 
 
+def _variable_tangents(x_dot, log_f, log_s, log_density):
+    r"""The tangents of :math:`(\log F, \log S)` for a tangent of the variable: with
+    :math:`dF = -dS = q\,dx`, :math:`(q/F, -q/S)\,\dot x`, each ratio the exponential of a
+    difference of logarithms, so that none underflows."""
+    return jnp.exp(log_density - log_f) * x_dot, -jnp.exp(log_density - log_s) * x_dot
+
+
 @jax.custom_jvp
 def _log_gammainc_pair(a, x):
     return _log_gammainc_impl(a, x)[:2]
@@ -376,9 +383,8 @@ def _log_gammainc_pair_jvp(primals, tangents):
     log_p, log_q, dlog_p, dlog_q = _log_gammainc_impl(a, x)
     # d P/dx = x^(a-1) e^-x / Gamma(a), the gamma density
     log_density = (a - 1) * jnp.log(x) - x - lax.lgamma(a)
-    p_dot = dlog_p * a_dot + jnp.exp(log_density - log_p) * x_dot
-    q_dot = dlog_q * a_dot - jnp.exp(log_density - log_q) * x_dot
-    return (log_p, log_q), (p_dot, q_dot)
+    p_dot, q_dot = _variable_tangents(x_dot, log_p, log_q, log_density)
+    return (log_p, log_q), (dlog_p * a_dot + p_dot, dlog_q * a_dot + q_dot)
 
 
 def log_gammainc_pair(a: jax.Array, x: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -552,9 +558,8 @@ def _student_t_log_cdf_pair_jvp(primals, tangents):
     df_dot, t_dot = tangents
     log_f, log_s, dlog_f, dlog_s = _student_t_impl(df, t)
     log_pdf = _student_t_log_pdf(df, t)
-    f_dot = dlog_f * df_dot + jnp.exp(log_pdf - log_f) * t_dot
-    s_dot = dlog_s * df_dot - jnp.exp(log_pdf - log_s) * t_dot
-    return (log_f, log_s), (f_dot, s_dot)
+    f_dot, s_dot = _variable_tangents(t_dot, log_f, log_s, log_pdf)
+    return (log_f, log_s), (dlog_f * df_dot + f_dot, dlog_s * df_dot + s_dot)
 
 
 def student_t_log_cdf_pair(df: jax.Array, t: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -588,9 +593,8 @@ def _gamma_log_cdf_pair_jvp(primals, tangents):
     log_x = jnp.log(rate) + jnp.log(value)
     log_xdensity = a * log_x - jnp.exp(log_x) - lax.lgamma(a)
     log_x_dot = rate_dot / rate + value_dot / value
-    p_dot = dlog_p * a_dot + jnp.exp(log_xdensity - log_p) * log_x_dot
-    q_dot = dlog_q * a_dot - jnp.exp(log_xdensity - log_q) * log_x_dot
-    return (log_p, log_q), (p_dot, q_dot)
+    p_dot, q_dot = _variable_tangents(log_x_dot, log_p, log_q, log_xdensity)
+    return (log_p, log_q), (dlog_p * a_dot + p_dot, dlog_q * a_dot + q_dot)
 
 
 def gamma_log_cdf_pair(
@@ -641,7 +645,7 @@ def _cauchy_log_cdf_pair_jvp(primals, tangents):
     # q/F and q/S as exponentials of differences: differentiating atan2 forms 1/(1 + x^2),
     # which underflows in float32 for |x| > 1e19 and turns these ratios into 0.
     log_q = _cauchy_log_density(x)
-    return (log_f, log_s), (jnp.exp(log_q - log_f) * x_dot, -jnp.exp(log_q - log_s) * x_dot)
+    return (log_f, log_s), _variable_tangents(x_dot, log_f, log_s, log_q)
 
 
 def cauchy_log_cdf_pair(x: jax.Array) -> tuple[jax.Array, jax.Array]:

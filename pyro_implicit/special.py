@@ -388,6 +388,13 @@ def _log_gammainc_impl(a, x):
     return log_p, log_q, dlog_p, dlog_q
 
 
+def _variable_cotangent(grad_f, grad_s, log_f, log_s, log_density):
+    r"""The cotangent of the variable from those of :math:`(\log F, \log S)`: with
+    :math:`dF = -dS = q\,dx`, :math:`\bar x = \bar f\,q/F - \bar s\,q/S`, each ratio the
+    exponential of a difference of logarithms, so that none underflows."""
+    return grad_f * torch.exp(log_density - log_f) - grad_s * torch.exp(log_density - log_s)
+
+
 class _LogGammaincPair(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a, x):
@@ -402,7 +409,7 @@ class _LogGammaincPair(torch.autograd.Function):
         # d P/dx = x^(a-1) e^-x / Gamma(a), the gamma density
         log_density = (a - 1) * torch.log(x) - x - torch.lgamma(a)
         grad_a = grad_p * dlog_p + grad_q * dlog_q
-        grad_x = grad_p * torch.exp(log_density - log_p) - grad_q * torch.exp(log_density - log_q)
+        grad_x = _variable_cotangent(grad_p, grad_q, log_p, log_q, log_density)
         return grad_a, grad_x
 
 
@@ -569,7 +576,7 @@ class _StudentTLogCdfPair(torch.autograd.Function):
         df, t, log_f, log_s, dlog_f, dlog_s = ctx.saved_tensors
         log_pdf = _student_t_log_pdf(df, t)
         grad_df = grad_f * dlog_f + grad_s * dlog_s
-        grad_t = grad_f * torch.exp(log_pdf - log_f) - grad_s * torch.exp(log_pdf - log_s)
+        grad_t = _variable_cotangent(grad_f, grad_s, log_f, log_s, log_pdf)
         return grad_df, grad_t
 
 
@@ -604,9 +611,7 @@ class _GammaLogCdfPair(torch.autograd.Function):
         # float32 (a small shape puts mass there), where d log P / dx = x^(a-1) ... overflows.
         log_x = torch.log(rate) + torch.log(value)
         log_xdensity = a * log_x - torch.exp(log_x) - torch.lgamma(a)
-        grad_log_x = grad_p * torch.exp(log_xdensity - log_p) - grad_q * torch.exp(
-            log_xdensity - log_q
-        )
+        grad_log_x = _variable_cotangent(grad_p, grad_q, log_p, log_q, log_xdensity)
         grad_a = grad_p * dlog_p + grad_q * dlog_q
         grad_rate = grad_log_x / rate if ctx.needs_input_grad[1] else None
         grad_value = grad_log_x / value if ctx.needs_input_grad[2] else None
@@ -663,7 +668,7 @@ class _CauchyLogCdfPair(torch.autograd.Function):
         # q/F and q/S as exponentials of differences: autograd through atan2 forms 1/(1 + x^2),
         # which underflows in float32 for |x| > 1e19 and turns these ratios into 0.
         log_q = _cauchy_log_density(x)
-        return grad_f * torch.exp(log_q - log_f) - grad_s * torch.exp(log_q - log_s)
+        return _variable_cotangent(grad_f, grad_s, log_f, log_s, log_q)
 
 
 def cauchy_log_cdf_pair(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
