@@ -18,6 +18,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.custom_derivatives import SymbolicZero
 
 __all__ = ["implicit_reparameterize"]
 
@@ -55,7 +56,9 @@ def implicit_reparameterize(
     :param log_prob: ``log_prob(z, *params)``, the log of :math:`\partial\,\mathrm{cdf}/\partial z`
         (the log-density when ``cdf`` is the CDF).
     :param grad: ``grad(z, *params)`` returning one array :math:`\partial z/\partial \phi_i` per
-        parameter, elementwise and broadcastable to ``z``: a closed form, used instead of ``cdf``.
+        parameter, elementwise and broadcastable to ``z``: a closed form, used instead of ``cdf``;
+        ``None`` for a parameter that only informs the closed form and is never differentiated
+        (e.g. the uniform variate the draw was made from).
     :param solve: for a multivariate standardization :math:`S(z; \phi)` (``cdf`` then returns
         :math:`S`, of the shape of ``z``, whose Jacobian :math:`J = \partial S/\partial z` in the
         trailing event dimension is invertible, e.g. triangular), ``solve(z, *params, v)``
@@ -100,7 +103,7 @@ def _implicit_sample(cdf, log_prob, grad, sample, *params):
     return sample
 
 
-@_implicit_sample.defjvp
+@partial(_implicit_sample.defjvp, symbolic_zeros=True)
 def _implicit_sample_jvp(cdf, log_prob, grad, primals, tangents):
     sample, *params = primals
     _, *params_dot = tangents
@@ -110,9 +113,14 @@ def _implicit_sample_jvp(cdf, log_prob, grad, primals, tangents):
     if grad is not None:
         # dz/dphi_i in closed form, contracted with the tangents of phi_i (broadcast to z).
         z_dot = jnp.zeros(jnp.shape(z), jnp.result_type(z))
-        for d, p_dot in zip(grad(z, *params), params_dot, strict=True):
+        for i, (d, p_dot) in enumerate(zip(grad(z, *params), params_dot, strict=True)):
             if _is_zero_tangent(p_dot):
                 continue
+            if d is None:
+                raise TypeError(
+                    f"implicit_reparameterize: `grad` gave None for params[{i}], which has a "
+                    "tangent"
+                )
             z_dot = z_dot + jnp.broadcast_to(d * p_dot, jnp.shape(z)).astype(z_dot.dtype)
     else:
         z_dot = _cdf_jvp(cdf, log_prob, z, params, params_dot)
@@ -120,8 +128,9 @@ def _implicit_sample_jvp(cdf, log_prob, grad, primals, tangents):
 
 
 def _is_zero_tangent(t):
-    """Tangents of integer parameters are float0 arrays: they contribute nothing."""
-    return jnp.result_type(t) == jax.dtypes.float0
+    """Symbolic zeros (parameters not differentiated, e.g. a random variate) and the float0
+    tangents of integer parameters contribute nothing."""
+    return isinstance(t, SymbolicZero) or jnp.result_type(t) == jax.dtypes.float0
 
 
 def _cdf_jvp(cdf, log_prob, z, params, params_dot):

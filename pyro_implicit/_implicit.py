@@ -50,7 +50,9 @@ def implicit_reparameterize(
     :param log_prob: ``log_prob(z, *params)``, the log of :math:`\partial\,\mathrm{cdf}/\partial z`
         (the log-density when ``cdf`` is the CDF).
     :param grad: ``grad(z, *params)`` returning one tensor :math:`\partial z/\partial \phi_i` per
-        parameter, elementwise and broadcastable to ``z``: a closed form, used instead of ``cdf``.
+        parameter, elementwise and broadcastable to ``z``: a closed form, used instead of ``cdf``;
+        ``None`` for a parameter that only informs the closed form and is never differentiated
+        (e.g. the uniform variate the draw was made from).
     :param solve: for a multivariate standardization :math:`S(z; \phi)` (``cdf`` then returns
         :math:`S`, of the shape of ``z``, whose Jacobian :math:`J = \partial S/\partial z` in the
         trailing event dimension is invertible, e.g. triangular), ``solve(z, *params, v)``
@@ -89,6 +91,12 @@ class _ImplicitSample(torch.autograd.Function):
         if grad is not None:
             # dz/dphi_i in closed form; sum_to_size undoes the broadcast of phi_i to z.
             dz = grad(z, *params)
+            for i, (d, need) in enumerate(zip(dz, needs, strict=True)):
+                if need and d is None:
+                    raise TypeError(
+                        f"implicit_reparameterize: `grad` gave None for params[{i}], "
+                        "which requires grad"
+                    )
             grads = [
                 (grad_z * d).sum_to_size(p.shape) if need else None
                 for p, d, need in zip(params, dz, needs, strict=True)
