@@ -11,6 +11,11 @@ left for a difference: with the log Mills ratio :math:`\\log R(x) = \\log S(x) -
 
 .. math::
     \\log\\frac{S(x)}{S(a)} = -\\frac{(x - a)(x + a)}{2} + \\log R(x) - \\log R(a).
+
+On moderate intervals (all but far tails and narrow intervals, see ``_MODERATE``), where it is as
+accurate, a plain path replaces all this: the draw solves :math:`\\Phi(x) = \\Phi(\\alpha) + uZ`
+or :math:`S(x) = S(\\beta) + (1 - u)Z` (sums of positive terms) and its gradient is the closed
+form at :math:`F_T(x) = u`, with no special function at all.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import numpy as np
 import torch
 from pyro.distributions import TorchDistribution, constraints
 from torch.distributions.utils import broadcast_all
-from torch.special import erfcx, log_ndtr, ndtri
+from torch.special import erfc, erfcx, log_ndtr, ndtri
 
 from ._implicit import implicit_reparameterize
 from .special import log1mexp
@@ -47,6 +52,12 @@ _GAUSS2 = 1 / math.sqrt(3)
 # erfcx(x/sqrt 2) overflows below -_ERFCX_FLOOR; there S(x) = 1 to rounding.
 _ERFCX_FLOOR = {"single": 12.0, "double": 37.0}
 _GAP_FROM = {"single": 6.0, "double": 13.0}
+# Moderate intervals, where the plain formulas of :func:`_plain_quantile` and
+# :func:`_plain_grad` suffice: kappa = max over the finite bounds t of (1 + |t|) phi(t)/Z at most
+# this. Their gradients then err by about 6e-4 kappa (float32) and 3e-12 kappa (float64)
+# relative to the largest derivative of a draw (measured on grids of intervals; at 0.95 times the
+# threshold, tested, 2.6e-4 and 3e-10), within the 2e-3 and 1e-7 the log-space path meets.
+_MODERATE = {"single": 1.0, "double": 100.0}
 
 
 def _precision(x):
@@ -156,6 +167,59 @@ def _frame(loc, scale, low, high):
     return alpha, beta, flip, a, b, log1mexp(torch.clamp(_log_sf_ratio(b, a), max=0.0))
 
 
+def _ndtr(x):
+    """Phi(x), relatively accurate for x < 0 too (torch.special.ndtr is not: 6.1e-16 for
+    Phi(-8) = 6.2e-16, 0 for Phi(-9))."""
+    return erfc(-x / math.sqrt(2)) / 2
+
+
+def _finite_part(bound):
+    """(the bound where finite, else 0; 0 where finite, else inf): x - the first is finite, and
+    subtracting the second from an exponent makes it -inf for a missing bound."""
+    finite = torch.isfinite(bound)
+    return torch.where(finite, bound, 0.0), torch.where(finite, 0.0, math.inf)
+
+
+def _plain_probabilities(alpha, beta):
+    """(Phi(alpha), S(beta), Z) and whether every interval is moderate (see ``_MODERATE``).
+    The mass Z of [alpha, beta] comes from the side where it is a difference of small numbers."""
+    (fa, _), (fb, _) = _finite_part(alpha), _finite_part(beta)
+    finite_a, finite_b = torch.isfinite(alpha), torch.isfinite(beta)
+    cdf_a, sf_a = torch.where(finite_a, _ndtr(fa), 0.0), torch.where(finite_a, _ndtr(-fa), 1.0)
+    cdf_b, sf_b = torch.where(finite_b, _ndtr(fb), 1.0), torch.where(finite_b, _ndtr(-fb), 0.0)
+    mass = torch.where(alpha + beta < 0, cdf_b - cdf_a, sf_a - sf_b)
+    weight_a = torch.where(finite_a, (1 + fa.abs()) * torch.exp(_log_phi(fa)), 0.0)
+    weight_b = torch.where(finite_b, (1 + fb.abs()) * torch.exp(_log_phi(fb)), 0.0)
+    # far out in a tail, phi and the mass both underflow to 0: not moderate
+    moderate = (torch.maximum(weight_a, weight_b) <= _MODERATE[_precision(alpha)] * mass) & (
+        mass > 0
+    )
+    return (cdf_a, sf_b, mass), bool(moderate.all())
+
+
+def _plain_quantile(u, alpha, beta, probabilities):
+    """Solve F_T(x) = u on a moderate interval: Phi(x) = Phi(alpha) + u Z and
+    S(x) = S(beta) + (1 - u) Z are sums of positive terms, and the smaller of the two, inverted,
+    gives x to a few units in the last place."""
+    cdf_a, sf_b, mass = probabilities
+    cdf = torch.addcmul(cdf_a, u, mass)
+    sf = torch.addcmul(sf_b, 1 - u, mass)
+    left = cdf < sf
+    x = ndtri(torch.minimum(cdf, sf))
+    return torch.clamp(torch.where(left, x, -x), alpha, beta)
+
+
+def _plain_grad(x, alpha, beta, u):
+    """dx/d(alpha, beta) = (1 - u) exp((x^2 - alpha^2)/2) and u exp((x^2 - beta^2)/2) at
+    F_T(x) = u, and 1 - the two: no special function at all, accurate on a moderate interval."""
+    (fa, off_a), (fb, off_b) = _finite_part(alpha), _finite_part(beta)
+    to_a = (x - fa) * (x + fa) / 2 - off_a
+    to_b = (x - fb) * (x + fb) / 2 - off_b
+    v = 1 - u
+    d_loc = -(v * torch.expm1(to_a) + u * torch.expm1(to_b))
+    return d_loc, v * torch.exp(to_a), u * torch.exp(to_b)
+
+
 def _log_cdf_pair(log_sf_xa, log_sf_bx, log_p):
     """(log F', log(1 - F')) of the truncated law in the leaning-right frame at x in [a, b], from
     log S(x)/S(a), log S(b)/S(x) and log p."""
@@ -254,28 +318,44 @@ def _dx_dbounds(x, flip, a, b, log_p):
     return torch.where(flip, log_db, log_da), torch.where(flip, log_da, log_db), d_loc
 
 
-def _sample_grad(z, loc, scale, low, high):
-    r"""Closed-form :math:`\partial z/\partial(\mu, \sigma, \mathrm{low}, \mathrm{high})`."""
-    alpha, beta, flip, a, b, log_p = _frame(loc, scale, low, high)
+def _sample_grad(z, loc, scale, low, high, u):
+    r"""Closed-form :math:`\partial z/\partial(\mu, \sigma, \mathrm{low}, \mathrm{high})` at
+    the draw :math:`z = F_T^{-1}(u)` (``None`` for :math:`u`, a constant of the draw): the plain
+    formulas on moderate intervals, the log-space ones elsewhere."""
+    alpha, beta = _standardize(low, loc, scale), _standardize(high, loc, scale)
     x = (z - loc) / scale
-    log_da, log_db, d_loc = _dx_dbounds(x, flip, a, b, log_p)
-    da, db = torch.exp(log_da), torch.exp(log_db)
-    finite_a, finite_b = torch.isfinite(alpha), torch.isfinite(beta)
-    d_scale = (
-        x * d_loc
-        + torch.where(finite_a, x - torch.where(finite_a, alpha, 0.0), 0.0) * da
-        + torch.where(finite_b, x - torch.where(finite_b, beta, 0.0), 0.0) * db
-    )
-    return d_loc, d_scale, da, db
+    if _plain_probabilities(alpha, beta)[1]:
+        d_loc, da, db = _plain_grad(x, alpha, beta, u)
+    else:
+        _, _, flip, a, b, log_p = _frame(loc, scale, low, high)
+        log_da, log_db, d_loc = _dx_dbounds(x, flip, a, b, log_p)
+        da, db = torch.exp(log_da), torch.exp(log_db)
+    # da = 0 where alpha = -inf, db = 0 where beta = inf
+    (fa, _), (fb, _) = _finite_part(alpha), _finite_part(beta)
+    d_scale = x * d_loc + (x - fa) * da + (x - fb) * db
+    return d_loc, d_scale, da, db, None
 
 
 def _icdf_grad(z, loc, scale, low, high, u):
-    d_loc, d_scale, d_low, d_high = _sample_grad(z, loc, scale, low, high)
+    d_loc, d_scale, d_low, d_high, _ = _sample_grad(z, loc, scale, low, high, u)
     _, _, flip, a, b, log_p = _frame(loc, scale, low, high)
     xr = torch.where(flip, -1, 1) * (z - loc) / scale
     # dz/du = scale Z / phi(x), Z = S(a) p.
     d_u = torch.exp(torch.log(scale) + _log_sf_over_pdf(a, xr) + log_p)
     return d_loc, d_scale, d_low, d_high, d_u
+
+
+def _quantile(u, loc, scale, low, high):
+    """F_T^{-1}(u) (no gradient): the plain inversion on moderate intervals, else the log-space
+    one of :func:`_standard_quantile`; clamped to [low, high]."""
+    alpha, beta = _standardize(low, loc, scale), _standardize(high, loc, scale)
+    probabilities, moderate = _plain_probabilities(alpha, beta)
+    if moderate:
+        x = _plain_quantile(u, alpha, beta, probabilities)
+    else:
+        _, _, flip, a, b, log_p = _frame(loc, scale, low, high)
+        x = _standard_quantile(u, flip, a, b, log_p)
+    return torch.minimum(torch.maximum(loc + scale * x, low), high)
 
 
 def _tail_moments(x, start=None, depth=None):
@@ -437,14 +517,12 @@ class TruncatedNormal(TorchDistribution):
         shape = self._extended_shape(sample_shape)
         with torch.no_grad():
             u = torch.rand(shape, dtype=self.loc.dtype, device=self.loc.device)
-            z = self._quantile(u.clamp(min=torch.finfo(u.dtype).tiny))
-        return implicit_reparameterize(z, self._params(), grad=_sample_grad)
+            u = u.clamp(min=torch.finfo(u.dtype).tiny)
+            z = self._quantile(u)
+        return implicit_reparameterize(z, (*self._params(), u), grad=_sample_grad)
 
     def _quantile(self, u):
-        loc, scale, low, high = self._params()
-        _, _, flip, a, b, log_p = _frame(loc, scale, low, high)
-        x = _standard_quantile(u, flip, a, b, log_p)
-        return torch.minimum(torch.maximum(loc + scale * x, low), high)
+        return _quantile(u, *self._params())
 
     def icdf(self, value):
         """Quantile function; differentiable in ``value`` and in all four parameters."""

@@ -230,6 +230,19 @@ def test_truncated_normal_gradcheck_and_native_behaviour():
     assert d.mask(torch.tensor([True, False])).log_prob(torch.ones(2))[1] == 0
 
 
+@pytest.mark.parametrize(
+    "low,high",
+    [([0.0, -2.0], [1.0, 1.0]), ([0.0, 30.0], [1.0, 30.5])],
+    ids=["plain-path", "log-space-path"],  # 30 standard deviations out: log space for the batch
+)
+def test_truncated_normal_second_derivatives(low, high):
+    """Second derivatives along the quantile path z = icdf(u), in all five arguments."""
+    kw = {"dtype": torch.float64, "requires_grad": True}
+    args = [torch.tensor(v, **kw) for v in ([0.8, 0.0], [0.5, 1.0], low, high, [0.3, 0.7])]
+    TN = pyro_implicit.TruncatedNormal
+    assert torch.autograd.gradgradcheck(lambda *p: TN(*p[:4]).icdf(p[4]), args)
+
+
 # ---- MixtureSameFamily: a two-component guide fits a bimodal target ----------------------------
 
 
