@@ -40,7 +40,7 @@ from ._validation import ConstraintMessageMixin
 from .base_cdf import check_base, log_cdf_pair, parameters, rebuild, support_bounds
 from .base_cdf import log_prob as base_log_prob
 from .special import log1mexp
-from .truncated_normal import TruncatedNormal
+from .truncated_normal import TruncatedNormal, _check_ordered
 
 __all__ = ["TruncatedDistribution", "TruncatedUnivariate"]
 
@@ -287,12 +287,7 @@ class TruncatedUnivariate(ConstraintMessageMixin, Distribution):
                         f"TruncatedDistribution got invalid {param} parameter: expected {param} "
                         f"to be a number (+-inf or None for no bound), but got NaN."
                     )
-            if not np.all(low < high):
-                raise ValueError(
-                    "TruncatedDistribution got invalid low, high parameters: expected them to "
-                    f"satisfy the constraint low < high, but {int(np.sum(~(low < high)))} of "
-                    "their values violate it."
-                )
+            _check_ordered("TruncatedDistribution", low, high)
             lower, upper = np.asarray(lower), np.asarray(upper)
             # -inf and +inf stand for "no bound"; a finite bound must lie in the base's support.
             low_ok = ((low >= lower) & (low < upper)) | (low == -np.inf)

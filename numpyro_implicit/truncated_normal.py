@@ -173,6 +173,18 @@ def _frame(loc, scale, low, high):
     return alpha, beta, flip, a, b, log1mexp(jnp.minimum(_log_sf_ratio(b, a), 0.0))
 
 
+def _check_ordered(owner, low, high):
+    """The ValueError of ``TruncatedNormal`` and ``TruncatedDistribution`` unless low < high
+    (nothing for traced bounds); call under ``jax.ensure_compile_time_eval``."""
+    ordered = jnp.asarray(low) < jnp.asarray(high)
+    if not_jax_tracer(ordered) and not np.all(ordered):
+        raise ValueError(
+            f"{owner} got invalid low, high parameters: expected them to satisfy the "
+            f"constraint low < high, but {int(np.sum(~np.asarray(ordered)))} of their values "
+            "violate it."
+        )
+
+
 def _finite_part(bound):
     """(the bound where finite, else 0; 0 where finite, else inf): x - the first is finite, and
     subtracting the second from an exponent makes it -inf for a missing bound."""
@@ -509,13 +521,7 @@ class TruncatedNormal(ConstraintMessageMixin, Distribution):
                         f"{name} to be finite (constraint {self.arg_constraints[name]!r}), but "
                         f"{int(np.sum(~np.asarray(finite)))} of its values are not."
                     )
-            ordered = jnp.asarray(self.low) < jnp.asarray(self.high)
-            if not_jax_tracer(ordered) and not np.all(ordered):
-                raise ValueError(
-                    "TruncatedNormal distribution got invalid low, high parameters: expected "
-                    "them to satisfy the constraint low < high, but "
-                    f"{int(np.sum(~np.asarray(ordered)))} of their values violate it."
-                )
+            _check_ordered("TruncatedNormal distribution", self.low, self.high)
 
     @constraints.dependent_property(is_discrete=False, event_dim=0)
     def support(self) -> constraints.Constraint:

@@ -33,7 +33,7 @@ from ._implicit import implicit_reparameterize
 from .base_cdf import check_base, log_cdf_pair, parameters, rebuild, support_bounds
 from .base_cdf import log_prob as base_log_prob
 from .special import log1mexp
-from .truncated_normal import TruncatedNormal
+from .truncated_normal import TruncatedNormal, _check_ordered
 
 __all__ = ["TruncatedDistribution", "TruncatedUnivariate"]
 
@@ -173,11 +173,7 @@ class TruncatedUnivariate(TorchDistribution):
                     f"TruncatedDistribution: expected parameter {name} to be a number "
                     f"(+-inf or None for no bound), but found NaN"
                 )
-        if not torch.all(self.low < self.high):
-            raise ValueError(
-                "TruncatedDistribution: expected parameters low and high to satisfy the "
-                "constraint low < high, but found invalid values"
-            )
+        _check_ordered("TruncatedDistribution", self.low, self.high)
         # -inf and +inf stand for "no bound"; a finite bound must lie in the base's support.
         low_ok = ((self.low >= lower) & (self.low < upper)) | (self.low == -math.inf)
         high_ok = ((self.high > lower) & (self.high <= upper)) | (self.high == math.inf)

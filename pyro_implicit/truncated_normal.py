@@ -173,6 +173,15 @@ def _ndtr(x):
     return erfc(-x / math.sqrt(2)) / 2
 
 
+def _check_ordered(owner, low, high):
+    """The ValueError of ``TruncatedNormal`` and ``TruncatedDistribution`` unless low < high."""
+    if not torch.all(low < high):
+        raise ValueError(
+            f"{owner}: expected parameters low and high to satisfy the constraint low < high, "
+            "but found invalid values"
+        )
+
+
 def _finite_part(bound):
     """(the bound where finite, else 0; 0 where finite, else inf): x - the first is finite, and
     subtracting the second from an exponent makes it -inf for a missing bound."""
@@ -483,11 +492,7 @@ class TruncatedNormal(TorchDistribution):
                     f"TruncatedNormal: expected parameter {name} to be finite "
                     f"(constraint {self.arg_constraints[name]}), but found invalid values"
                 )
-        if not torch.all(self.low < self.high):
-            raise ValueError(
-                "TruncatedNormal: expected parameters low and high to satisfy the constraint "
-                "low < high, but found invalid values"
-            )
+        _check_ordered("TruncatedNormal", self.low, self.high)
 
     def expand(self, batch_shape, _instance=None):
         new = self._get_checked_instance(TruncatedNormal, _instance)
