@@ -30,7 +30,7 @@ def implicit_reparameterize(
     cdf: Callable[..., jax.Array] | None = None,
     log_prob: Callable[..., jax.Array] | None = None,
     grad: Callable[..., Sequence[jax.Array]] | None = None,
-    solve: Callable[..., jax.Array] | None = None,
+    jvp: Callable[..., jax.Array] | None = None,
 ) -> jax.Array:
     r"""Return ``sample`` with the implicit reparameterization gradient attached.
 
@@ -44,7 +44,7 @@ def implicit_reparameterize(
     uses is the custom-JVP function itself, whose own dependence on the parameters is thereby
     differentiated in higher-order derivatives.
 
-    Give either ``cdf`` and ``log_prob``, or ``grad``, or (multivariate) ``cdf`` and ``solve``:
+    Give either ``cdf`` and ``log_prob``, or ``grad``, or (multivariate) ``jvp``:
 
     :param sample: an exact draw from :math:`q_\phi`, without gradient (it is wrapped in
         :func:`jax.lax.stop_gradient`).
@@ -59,17 +59,18 @@ def implicit_reparameterize(
         parameter, elementwise and broadcastable to ``z``: a closed form, used instead of ``cdf``;
         ``None`` for a parameter that only informs the closed form and is never differentiated
         (e.g. the uniform variate the draw was made from).
-    :param solve: for a multivariate standardization :math:`S(z; \phi)` (``cdf`` then returns
-        :math:`S`, of the shape of ``z``, whose Jacobian :math:`J = \partial S/\partial z` in the
-        trailing event dimension is invertible, e.g. triangular), ``solve(z, *params, v)``
-        returns :math:`J^{-1} v`, linear in ``v`` (JAX transposes it for reverse mode), so that
-        :math:`\dot z = -J^{-1}\,\partial S/\partial\phi\,\dot\phi`. It replaces ``log_prob``.
+    :param jvp: for a multivariate standardization :math:`S(z; \phi)` whose Jacobian
+        :math:`J = \partial S/\partial z` has structure to exploit (e.g. triangular),
+        ``jvp(z, params, params_dot)`` returns the whole implicit tangent
+        :math:`\dot z = -J^{-1}\,(\partial S/\partial\phi)\,\dot\phi`, with ``None`` in
+        ``params_dot`` for parameters without tangent. It must be linear in the tangents (JAX
+        transposes it for reverse mode) and written in differentiable JAX operations of ``z``
+        and ``params`` (for higher-order derivatives).
     """
     params = tuple(params)
-    if grad is None and (cdf is None or (log_prob is None and solve is None)):
+    if grad is None and jvp is None and (cdf is None or log_prob is None):
         raise TypeError(
-            "implicit_reparameterize needs either `grad`, or both `cdf` and `log_prob` "
-            "(or `cdf` and `solve`)"
+            "implicit_reparameterize needs either `grad`, or both `cdf` and `log_prob`, or `jvp`"
         )
     arrays = []
     for i, p in enumerate(params):
@@ -79,23 +80,23 @@ def implicit_reparameterize(
             raise TypeError(
                 f"params[{i}] must be a JAX array or array-like, got {type(p).__name__}"
             ) from error
-    if solve is not None:
-        # One nondiff argument carries both callables, so the univariate signature is unchanged.
-        log_prob = _Solve(solve)
+    if jvp is not None:
+        # One nondiff argument carries the rule, so the univariate signature is unchanged.
+        log_prob = _Tangent(jvp)
     return _implicit_sample(cdf, log_prob, grad, lax.stop_gradient(sample), *arrays)
 
 
-class _Solve:
-    """Marks ``solve`` in the ``log_prob`` slot of :func:`_implicit_sample`."""
+class _Tangent:
+    """Marks a whole tangent rule ``jvp`` in the ``log_prob`` slot of :func:`_implicit_sample`."""
 
-    def __init__(self, solve):
-        self.solve = solve
+    def __init__(self, jvp):
+        self.jvp = jvp
 
     def __hash__(self):
-        return hash(self.solve)
+        return hash(self.jvp)
 
     def __eq__(self, other):
-        return isinstance(other, _Solve) and other.solve == self.solve
+        return isinstance(other, _Tangent) and other.jvp == self.jvp
 
 
 @partial(jax.custom_jvp, nondiff_argnums=(0, 1, 2))
@@ -122,6 +123,12 @@ def _implicit_sample_jvp(cdf, log_prob, grad, primals, tangents):
                     "tangent"
                 )
             z_dot = z_dot + jnp.broadcast_to(d * p_dot, jnp.shape(z)).astype(z_dot.dtype)
+    elif isinstance(log_prob, _Tangent):
+        dots = [None if _is_zero_tangent(t) else t for t in params_dot]
+        if all(t is None for t in dots):
+            z_dot = jnp.zeros(jnp.shape(z), jnp.result_type(z))
+        else:
+            z_dot = log_prob.jvp(z, tuple(params), dots).astype(jnp.result_type(z))
     else:
         z_dot = _cdf_jvp(cdf, log_prob, z, params, params_dot)
     return z, z_dot
@@ -149,8 +156,5 @@ def _cdf_jvp(cdf, log_prob, z, params, params_dot):
     free = [p for p, d in zip(params, differentiable, strict=True) if d]
     free_dot = [t for t, d in zip(params_dot, differentiable, strict=True) if d]
     _, cdf_dot = jax.jvp(cdf_of, free, free_dot)
-    if isinstance(log_prob, _Solve):
-        z_dot = -log_prob.solve(z, *params, cdf_dot)
-    else:
-        z_dot = -cdf_dot * jnp.exp(-log_prob(z, *params))
+    z_dot = -cdf_dot * jnp.exp(-log_prob(z, *params))
     return jnp.broadcast_to(z_dot, jnp.shape(z)).astype(jnp.result_type(z))

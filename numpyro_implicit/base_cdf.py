@@ -30,7 +30,7 @@ import math
 import jax
 import jax.numpy as jnp
 from jax import lax
-from jax.scipy.special import log_ndtr
+from jax.scipy.special import erfc, log_ndtr
 from numpyro.distributions import (
     Cauchy,
     Distribution,
@@ -56,6 +56,7 @@ from .special import (
 
 __all__ = [
     "cdf",
+    "cdf_pair",
     "check_base",
     "log_cdf_pair",
     "log_prob",
@@ -65,6 +66,7 @@ __all__ = [
 ]
 
 _LOG_HALF = math.log(0.5)
+_SQRT_HALF = math.sqrt(0.5)
 
 _CONTRACT = (
     "a univariate continuous NumPyro Distribution (event_shape ()) with a CDF: Normal, Laplace, "
@@ -236,6 +238,20 @@ def log_cdf_pair(dist, value):
 def cdf(dist, value):
     """The CDF of ``dist`` at ``value``, differentiable in both (see :func:`log_cdf_pair`)."""
     return jnp.exp(log_cdf_pair(dist, value)[0])
+
+
+def cdf_pair(dist, value):
+    r""":math:`(F(v), 1 - F(v))`, each accurate where it is small (for mixtures, whose CDFs
+    enter linearly). For ``Normal`` one ``erfc`` of :math:`|x|` gives the small tail, a third of
+    the cost of the two ``log_ndtr`` of :func:`log_cdf_pair`; other families exponentiate that."""
+    if isinstance(dist, Normal):
+        x = _standard(dist, jnp.asarray(value))
+        negative = x < 0
+        # |x| with the branch chosen at 0, so that the derivative there is the density's
+        small = 0.5 * erfc(jnp.where(negative, -x, x) * _SQRT_HALF)
+        return jnp.where(negative, small, 1 - small), jnp.where(negative, 1 - small, small)
+    log_f, log_s = log_cdf_pair(dist, value)
+    return jnp.exp(log_f), jnp.exp(log_s)
 
 
 def log_prob(dist, value):

@@ -1,25 +1,30 @@
 r"""Finite mixtures with implicit reparameterization gradients (JAX / NumPyro).
 
-A draw is exact (a component index, then a draw of that component); its derivatives come from
-implicit differentiation of the *sequential distributional transform*
+A draw is exact (a component index, then a draw of that component only); its derivatives come
+from implicit differentiation of the *sequential distributional transform*
 
 .. math::
     S_d(z) = F(z_d \mid z_{<d}) = \sum_k w_k^{(d)} F_k(z_d), \qquad
-    w_k^{(d)} \propto \pi_k \prod_{j<d} q_k(z_j),
+    \log w_k^{(d)} = \log\pi_k + \sum_{j<d} \log q_k(z_j) - \text{normalizer},
 
 whose Jacobian is lower triangular with diagonal :math:`c_d = \sum_k w_k^{(d)} q_k(z_d)` (the
-conditional density) and, below it, a matrix of rank at most :math:`K`:
+conditional density) and, below it, a matrix of rank at most :math:`K`. Differentiating
+:math:`S_d(z) = u_d` at fixed :math:`u` gives a forward substitution over :math:`d`,
 
 .. math::
-    J_{dj} = \sum_k \underbrace{w_k^{(d)} \bigl(F_k(z_d) - S_d\bigr)}_{a_{dk}}
-        \,\underbrace{\partial_{z_j} \log q_k(z_j)}_{b_{jk}}, \qquad j < d.
+    \dot z_d = -\frac{1}{c_d} \sum_k \Bigl[ w_k^{(d)} \dot F_k(z_d)
+        + a_{dk}\, \bigl(\dot\ell_k + t_k^{(d)}\bigr) \Bigr], \qquad
+    a_{dk} = w_k^{(d)} \bigl(F_k(z_d) - S_d\bigr), \qquad
+    t_k^{(d+1)} = t_k^{(d)} + \dot{\log q_k}(z_d) + \partial_z \log q_k(z_d)\, \dot z_d,
 
-The tangent :math:`\dot z = -J^{-1}\dot S` is a forward substitution over :math:`d` with
-:math:`K` running sums :math:`H_k = \sum_{j<d} b_{jk}\dot z_j`,
-:math:`\dot z_d = (-\dot S_d - \sum_k a_{dk} H_k)/c_d`, a :func:`jax.lax.scan` in
-:math:`O(DK)` time and memory per draw; JAX transposes it into the backward substitution of
-reverse mode, again :math:`O(DK)`. A univariate mixture is the case :math:`D = 1`, where
-:math:`\dot z = -\dot F/q(z)`.
+with :math:`\dot F_k, \dot{\log q_k}` the parameter tangents at fixed :math:`z`,
+:math:`\dot\ell` the logits' tangent and :math:`t_k` the tangent of
+:math:`\sum_{j<d}\log q_k(z_j)` with the earlier :math:`z_j` moving too (the :math:`a_{dk}`
+sum to zero over :math:`k`, so the normalizer drops out). It is one :func:`jax.lax.scan` over
+:math:`d` whose step does all the work of dimension :math:`d`: :math:`O(DK)` time and memory per
+draw, never a :math:`D \times D` matrix. JAX splits it into a forward scan of coefficients and
+the transposed scan for reverse mode, and differentiates it again for higher orders. A
+univariate mixture is the case :math:`D = 1`, where :math:`\dot z = -\dot F/q(z)`.
 """
 
 from __future__ import annotations
@@ -27,7 +32,13 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from jax import lax, random
-from numpyro.distributions import Independent
+from numpyro.distributions import (
+    CategoricalLogits,
+    CategoricalProbs,
+    Distribution,
+    Independent,
+    constraints,
+)
 from numpyro.distributions import MixtureSameFamily as _NumPyroMixtureSameFamily
 from numpyro.handlers import seed
 from numpyro.infer import Trace_ELBO
@@ -85,7 +96,57 @@ class MixtureSameFamily(_NumPyroMixtureSameFamily):
             )
         _univariate_base(component_distribution)  # TypeError for unsupported components
         self.weights = weights
-        super().__init__(mixing_distribution, component_distribution, validate_args=validate_args)
+        if _parameter_free(component_distribution.support):
+            super().__init__(
+                mixing_distribution, component_distribution, validate_args=validate_args
+            )
+            return
+        # The host accepts only supports free of parameters (its `support` would keep the
+        # component axis); truncated components are welcome here, with the hull of their
+        # supports as the mixture's (`support` below). Otherwise the host's own initialization.
+        if not isinstance(mixing_distribution, (CategoricalLogits, CategoricalProbs)):
+            raise ValueError(
+                "MixtureSameFamily: `mixing_distribution` must be a Categorical, got "
+                f"{type(mixing_distribution).__name__}"
+            )
+        self._mixture_size = jnp.shape(mixing_distribution.probs)[-1]
+        if component_distribution.batch_shape[-1] != self._mixture_size:
+            raise ValueError(
+                "MixtureSameFamily: the last batch dimension of `component_distribution` "
+                f"({component_distribution.batch_shape[-1]}) must be the number of components "
+                f"({self._mixture_size})"
+            )
+        self._mixing_distribution = mixing_distribution
+        self._component_distribution = component_distribution
+        batch_shape = lax.broadcast_shapes(
+            mixing_distribution.batch_shape, component_distribution.batch_shape[:-1]
+        )
+        Distribution.__init__(
+            self, batch_shape, component_distribution.event_shape, validate_args=validate_args
+        )
+
+    @constraints.dependent_property
+    def support(self):
+        """The components' support if free of parameters, else the hull of their supports."""
+        support = self.component_distribution.support
+        if _parameter_free(support):
+            return support
+        event_dim = len(self.event_shape)
+        base = support.base_constraint if event_dim else support
+        lower = getattr(base, "lower_bound", None)
+        upper = getattr(base, "upper_bound", None)
+        shape, axis = self.component_distribution.shape(), self.mixture_dim
+        if lower is not None:
+            lower = jnp.min(jnp.broadcast_to(lower, shape), axis)
+        if upper is not None:
+            upper = jnp.max(jnp.broadcast_to(upper, shape), axis)
+        if lower is not None and upper is not None:
+            hull = constraints.interval(lower, upper)
+        elif lower is not None:
+            hull = constraints.greater_than(lower)
+        else:
+            hull = constraints.less_than(upper)
+        return constraints.independent(hull, event_dim) if event_dim else hull
 
     @property
     def has_rsample(self) -> bool:
@@ -96,11 +157,24 @@ class MixtureSameFamily(_NumPyroMixtureSameFamily):
         return []
 
     def sample_with_intermediates(self, key, sample_shape=()):
-        z, intermediates = super().sample_with_intermediates(key, sample_shape)
+        z, intermediates = self._sample_selected(key, sample_shape)
         # the parameters' dtype: a float32 mixture stays float32 even with x64 enabled
         base, _ = _univariate_base(self.component_distribution)
         dtype = jnp.result_type(self.mixing_distribution.logits, *jax.tree_util.tree_leaves(base))
         return self._reparameterize(lax.stop_gradient(z).astype(dtype)), intermediates
+
+    def _sample_selected(self, key, sample_shape):
+        """The host's draw (component index, then that component), but drawing only the selected
+        component instead of all :math:`K` and keeping one: :math:`K` times fewer variates."""
+        key_comp, key_ind = random.split(key)
+        indices = jnp.asarray(
+            self.mixing_distribution.expand(sample_shape + self.batch_shape).sample(key_ind)
+        )
+        base, multivariate = _univariate_base(self.component_distribution)
+        selected = _select_component(base, indices, multivariate)
+        if selected is None:  # a base whose parameters cannot be gathered: the host's draw
+            return super().sample_with_intermediates(key, sample_shape)
+        return selected.sample(key_comp), [indices]
 
     def _reparameterize(self, z):
         """``z`` (any point of the support) with the implicit derivative of the sequential
@@ -111,16 +185,12 @@ class MixtureSameFamily(_NumPyroMixtureSameFamily):
         if self.weights == "score":
             logits = lax.stop_gradient(logits)
 
-        def standardize(z, logits, *leaves):
-            base = jax.tree_util.tree_unflatten(treedef, leaves)
-            return _sequential_cdf(z, logits, base, multivariate)
+        batch = tuple(base.batch_shape)
 
-        def solve(z, logits, *leaves_and_v):
-            *leaves, v = leaves_and_v
-            base = jax.tree_util.tree_unflatten(treedef, leaves)
-            return _solve(z, logits, base, multivariate, v)
+        def jvp(z, params, dots):
+            return _tangent(z, params, dots, treedef, batch, multivariate)
 
-        return implicit_reparameterize(z, (logits, *leaves), cdf=standardize, solve=solve)
+        return implicit_reparameterize(z, (logits, *leaves), jvp=jvp)
 
     def weight_score(self, value):
         r""":math:`\sum_k r_k(z) \log\pi_k` with the responsibilities :math:`r_k` held constant:
@@ -180,6 +250,12 @@ def weight_score(fn, value):
     return None
 
 
+def _parameter_free(support):
+    while isinstance(support, constraints._IndependentConstraint):
+        support = support.base_constraint
+    return isinstance(support, constraints.ParameterFreeConstraint)
+
+
 def _univariate_base(component):
     """``(univariate distribution, multivariate?)`` for a supported component distribution."""
     multivariate = False
@@ -199,82 +275,101 @@ def _univariate_base(component):
     return component, multivariate
 
 
-def _cdf_pair(base, x):
-    """``(F, 1 - F)``, each accurate where it is small."""
-    log_cdf, log_sf = base_cdf.log_cdf_pair(base, x)
-    return jnp.exp(log_cdf), jnp.exp(log_sf)
+def _select_component(base, indices, multivariate):
+    """``base`` with its mixture axis replaced by the components ``indices`` (sample and batch
+    shape) select, or ``None`` unless ``base`` is a flat NumPyro pytree of batch-shaped arrays."""
+    data, aux = base.tree_flatten()
+    batch = tuple(base.batch_shape)
+    axis = len(batch) - (2 if multivariate else 1)  # the mixture axis of the base's batch
+    try:
+        data = [jnp.broadcast_to(jnp.asarray(leaf), batch) for leaf in data]
+    except (TypeError, ValueError):  # None, a nested distribution, or a non-batch array
+        return None
+    shape = indices.shape[: indices.ndim - axis] + batch
+    index = indices.reshape(indices.shape + (1,) * (len(batch) - axis))
+    data = [
+        jnp.squeeze(
+            jnp.take_along_axis(jnp.broadcast_to(leaf, shape), index, axis=-len(batch) + axis),
+            -len(batch) + axis,
+        )
+        for leaf in data
+    ]
+    fields = type(base).gather_pytree_aux_fields()
+    aux = list(aux)
+    aux[fields.index("_batch_shape")] = data[0].shape if data else ()
+    return type(base).tree_unflatten(tuple(aux), tuple(data))
 
 
-def _per_dim(z, multivariate):
-    """``z`` as ``[..., 1, D]`` against components ``[..., K, D]`` (``D = 1`` if univariate)."""
-    return jnp.expand_dims(z, -2) if multivariate else z[..., None, None]
+def _d_major(t, batch, sample_ndim, multivariate):
+    """A component parameter (or its tangent) broadcast to the base's batch shape
+    ``[B..., K, D]`` (``[B..., K]`` if univariate) and laid out as ``[D, 1 (sample)..., B..., K]``:
+    the scans over ``d`` then read contiguous slices and reduce over ``K`` innermost."""
+    t = jnp.broadcast_to(t, batch)
+    t = jnp.moveaxis(t, -1, 0) if multivariate else t[None]
+    return t.reshape(t.shape[:1] + (1,) * sample_ndim + t.shape[1:])
 
 
-def _log_prob(base, x, multivariate):
-    return base.log_prob(x) if multivariate else base.log_prob(x[..., 0])[..., None]
+def _tangent(z, params, dots, treedef, batch, multivariate):
+    r""":math:`\dot z = -J^{-1}\dot S` in O(DK) (module docstring): one scan over :math:`d`
+    whose body does all the work of dimension :math:`d` on ``[sample..., batch..., K]`` slices,
+    which stay in cache; in reverse mode JAX splits it into a forward scan of the coefficients
+    and the transposed scan of the tangents."""
+    logits, *leaves = params
+    logits_dot, *leaf_dots = dots
+    sample_ndim = jnp.ndim(z) - (len(batch) - 1)
+    x = jnp.moveaxis(z, -1, 0) if multivariate else z[None]  # [D, sample..., batch...]
+    leaves = [_d_major(t, batch, sample_ndim, multivariate) for t in leaves]
+    free = [i for i, t in enumerate(leaf_dots) if t is not None]
+    free_dots = [_d_major(leaf_dots[i], batch, sample_ndim, multivariate) for i in free]
 
+    def step(carry, inputs):
+        # log_w: log w_k^(d) (normalized over k); t: the tangent of sum_{j<d} log q_k(z_j),
+        # z_j moving too
+        log_w, t = carry
+        x_d, leaves_d, dots_d = inputs
+        x_d = x_d[..., None]
 
-def _component_terms(z, logits, base, multivariate):
-    """Per component and dimension ``[..., K, D]``: log-weights :math:`\\log w_k^{(d)}`,
-    log-densities, CDFs and survival functions."""
-    x = _per_dim(z, multivariate)  # [..., 1, D]
-    log_q = _log_prob(base, x, multivariate)  # [..., K, D]
-    if multivariate:
-        cdf, sf = _cdf_pair(base, x)
-    else:
-        cdf, sf = (t[..., None] for t in _cdf_pair(base, x[..., 0]))
-    # log w_k^(d) = log pi_k + sum_{j<d} log q_k(z_j), normalized over k; the exclusive cumsum
-    # is built by padding (not as cumsum - log_q, which cancels for far components).
-    log_pi = jax.nn.log_softmax(logits, axis=-1)[..., None]  # [..., K, 1]
-    prefix = jnp.cumsum(log_q[..., :-1], axis=-1)
-    pad = [(0, 0)] * (prefix.ndim - 1) + [(1, 0)]
-    log_w = log_pi + jnp.pad(prefix, pad)  # [..., K, D]
-    log_w = log_w - jax.nn.logsumexp(log_w, axis=-2, keepdims=True)
-    return log_w, log_q, cdf, sf
+        def terms(*args):  # per component, at fixed z_d
+            base = jax.tree_util.tree_unflatten(treedef, args)
+            return base.log_prob(x_d), base_cdf.cdf_pair(base, x_d)
 
+        log_q, (cdf, sf) = terms(*leaves_d)
+        # d/dz log q_k(z): log_q is elementwise, so a JVP with ones gives it
+        base = jax.tree_util.tree_unflatten(treedef, leaves_d)
+        x_full = jnp.broadcast_to(x_d, log_q.shape)
+        _, b = jax.jvp(base.log_prob, (x_full,), (jnp.ones_like(x_full),))
+        # Outside a component's support its later weights are 0, so its score is not used: 0
+        # there, not the NaN of differentiating log 0.
+        finite = jnp.isfinite(log_q)
+        b = jnp.where(finite, b, 0.0)
+        w = jnp.exp(log_w)
+        lower = jnp.sum(w * cdf, axis=-1, keepdims=True)  # S_d
+        upper = jnp.sum(w * sf, axis=-1, keepdims=True)  # 1 - S_d
+        # F_k - S_d from whichever tail is small, so that the difference does not cancel
+        a = w * jnp.where(lower <= 0.5, cdf - lower, upper - sf)
+        log_joint = log_w + log_q
+        log_c = jax.nn.logsumexp(log_joint, axis=-1, keepdims=True)  # the conditional density
+        # The tangents enter last, each times a coefficient computed from the primal values:
+        # reverse mode then keeps these few coefficients per step, not every intermediate.
+        # S-dot_d = sum_k [w_k F-dot_k + a_k (log-pi-dot_k + t_k)], t including earlier z_j.
+        s_dot = a * t if logits_dot is None else a * (t + logits_dot)
+        t_next = t
+        for i, dot in zip(free, dots_d, strict=True):  # elementwise partials in parameter i
+            _, (d_log_q, (d_cdf, _)) = jax.jvp(
+                lambda leaf, i=i: terms(*leaves_d[:i], leaf, *leaves_d[i + 1 :]),
+                (leaves_d[i],),
+                (jnp.ones_like(leaves_d[i]),),
+            )
+            s_dot = s_dot + (w * d_cdf) * dot
+            t_next = t_next + jnp.where(finite, d_log_q, 0.0) * dot
+        z_dot_d = -jnp.sum(s_dot, axis=-1, keepdims=True) * jnp.exp(-log_c)
+        return (log_joint - log_c, t_next + b * z_dot_d), z_dot_d[..., 0]
 
-def _sequential_cdf(z, logits, base, multivariate):
-    """:math:`S_d = \\sum_k w_k^{(d)} F_k(z_d)`, returned as :math:`S_d - 1 = -\\sum_k w_k^{(d)}
-    (1 - F_k)` where :math:`S_d > 1/2`: the same derivatives, without cancellation."""
-    log_w, _, cdf, sf = _component_terms(z, logits, base, multivariate)
-    w = jnp.exp(log_w)
-    lower = jnp.sum(w * cdf, axis=-2)  # [..., D]
-    upper = jnp.sum(w * sf, axis=-2)
-    s = jnp.where(lower <= 0.5, lower, -upper)
-    return s if multivariate else s[..., 0]
-
-
-def _solve(z, logits, base, multivariate, v):
-    """:math:`J^{-1} v` for the Jacobian of :func:`_sequential_cdf`, in O(D K), linear in v."""
-    log_w, log_q, cdf, sf = _component_terms(z, logits, base, multivariate)
-    # d/dz_j log q_k(z_j): log_q is elementwise in [..., K, D], so a JVP with ones gives it
-    x = jnp.broadcast_to(_per_dim(z, multivariate), log_q.shape)
-    _, b = jax.jvp(lambda t: _log_prob(base, t, multivariate), (x,), (jnp.ones_like(x),))
-    # Outside a component's support its later weights are 0, so its score is not used: 0
-    # there, not the NaN of differentiating log 0.
-    b = jnp.where(jnp.isfinite(log_q), b, 0.0)
-    w = jnp.exp(log_w)
-    lower = jnp.sum(w * cdf, axis=-2, keepdims=True)  # [..., 1, D]
-    upper = jnp.sum(w * sf, axis=-2, keepdims=True)
-    # F_k - S_d from whichever tail is small, so that the difference does not cancel
-    a = w * jnp.where(lower <= 0.5, cdf - lower, upper - sf)  # [..., K, D]
-    inv_c = jnp.exp(-jax.nn.logsumexp(log_w + log_q, axis=-2))  # [..., D]
-    v = v if multivariate else v[..., None]
-    shape = jnp.broadcast_shapes(a.shape, b.shape, inv_c.shape[:-1] + (1, a.shape[-1]))
-    a, b = jnp.broadcast_to(a, shape), jnp.broadcast_to(b, shape)
-    inv_c = jnp.broadcast_to(inv_c, shape[:-2] + shape[-1:])
-    v = jnp.broadcast_to(v, inv_c.shape).astype(a.dtype)
-
-    def step(running, inputs):  # running: H_k = sum_{j<d} b_jk x_j, [..., K]
-        a_d, b_d, inv_c_d, v_d = inputs
-        x_d = (v_d - jnp.sum(a_d * running, axis=-1)) * inv_c_d
-        return running + b_d * x_d[..., None], x_d
-
-    inputs = (jnp.moveaxis(a, -1, 0), jnp.moveaxis(b, -1, 0), jnp.moveaxis(inv_c, -1, 0))
-    # Materialized before the loop: otherwise XLA may fuse the transposes (and the terms that
-    # produce them) into every iteration of the scan. Only the coefficients: the barrier is not
-    # transposable, and the solve must stay linear (transposable) in v.
-    inputs = (*lax.optimization_barrier(inputs), jnp.moveaxis(v, -1, 0))
-    _, x = lax.scan(step, jnp.zeros(shape[:-1], a.dtype), inputs)
-    x = jnp.moveaxis(x, 0, -1)  # [..., D]
-    return x if multivariate else x[..., 0]
+    log_pi = jax.nn.log_softmax(logits, axis=-1)
+    carry_shape = jnp.broadcast_shapes(
+        x.shape[1:] + (1,), log_pi.shape, *(leaf.shape[1:] for leaf in leaves)
+    )
+    dtype = jnp.result_type(x, *leaves)
+    init = (jnp.broadcast_to(log_pi, carry_shape).astype(dtype), jnp.zeros(carry_shape, dtype))
+    _, z_dot = lax.scan(step, init, (x, leaves, free_dots))
+    return jnp.moveaxis(z_dot, 0, -1) if multivariate else z_dot[0]

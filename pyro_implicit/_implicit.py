@@ -28,7 +28,7 @@ def implicit_reparameterize(
     cdf: Callable[..., torch.Tensor] | None = None,
     log_prob: Callable[..., torch.Tensor] | None = None,
     grad: Callable[..., Sequence[torch.Tensor]] | None = None,
-    solve: Callable[..., torch.Tensor] | None = None,
+    vjp: Callable[..., Sequence[torch.Tensor | None]] | None = None,
 ) -> torch.Tensor:
     r"""Return ``sample`` with the implicit reparameterization gradient attached.
 
@@ -39,7 +39,7 @@ def implicit_reparameterize(
     and the result can be differentiated again (double backward), because the backward pass is
     written in differentiable operations of the output and the parameters.
 
-    Give either ``cdf`` and ``log_prob``, or ``grad``, or (multivariate) ``cdf`` and ``solve``:
+    Give either ``cdf`` and ``log_prob``, or ``grad``, or (multivariate) ``vjp``:
 
     :param sample: an exact draw from :math:`q_\phi`, without gradient (it is detached).
     :param params: the tensors :math:`\phi` that receive gradients, each broadcastable to
@@ -53,26 +53,27 @@ def implicit_reparameterize(
         parameter, elementwise and broadcastable to ``z``: a closed form, used instead of ``cdf``;
         ``None`` for a parameter that only informs the closed form and is never differentiated
         (e.g. the uniform variate the draw was made from).
-    :param solve: for a multivariate standardization :math:`S(z; \phi)` (``cdf`` then returns
-        :math:`S`, of the shape of ``z``, whose Jacobian :math:`J = \partial S/\partial z` in the
-        trailing event dimension is invertible, e.g. triangular), ``solve(z, *params, v)``
-        returns :math:`J^{-\top} v`, so that the gradient is
-        :math:`-(J^{-\top} v)^\top \partial S/\partial\phi`. It replaces ``log_prob`` and must
-        be written in differentiable operations for second derivatives. The backward pass
-        calls ``cdf`` and then ``solve`` at the same arguments, so the two may share work.
+    :param vjp: for a multivariate standardization :math:`S(z; \phi)` whose Jacobian
+        :math:`J = \partial S/\partial z` has structure to exploit (e.g. triangular),
+        ``vjp(z, params, grad_z, needs)`` returns the whole implicit vector-Jacobian product,
+        one gradient :math:`-(J^{-\top} \bar z)^\top \partial S/\partial\phi_i` per parameter
+        (summed to the parameter's shape here if broadcast), ``None`` where ``needs[i]`` is
+        false. It is called inside the backward pass; when :func:`torch.is_grad_enabled` there
+        (a double backward), it must be written in differentiable operations of ``z``,
+        ``params`` and ``grad_z``, taking partial derivatives in ``params`` at fixed ``z``
+        through aliases such as ``p.view_as(p)``, so that second derivatives follow.
     """
     params = tuple(params)
-    if grad is None and (cdf is None or (log_prob is None and solve is None)):
+    if grad is None and vjp is None and (cdf is None or log_prob is None):
         raise TypeError(
-            "implicit_reparameterize needs either `grad`, or both `cdf` and `log_prob` "
-            "(or `cdf` and `solve`)"
+            "implicit_reparameterize needs either `grad`, or both `cdf` and `log_prob`, or `vjp`"
         )
     for i, p in enumerate(params):
         if not isinstance(p, torch.Tensor):
             raise TypeError(f"params[{i}] must be a torch.Tensor, got {type(p).__name__}")
     if not any(p.requires_grad for p in params):
         return sample.detach()
-    return apply(_ImplicitSample, (cdf, log_prob, grad, solve), sample.detach(), *params)
+    return apply(_ImplicitSample, (cdf, log_prob, grad, vjp), sample.detach(), *params)
 
 
 class _ImplicitSample(torch.autograd.Function):
@@ -87,8 +88,14 @@ class _ImplicitSample(torch.autograd.Function):
     def backward(ctx, grad_z):
         z, *params = ctx.saved_tensors
         needs = ctx.needs_input_grad[2:]
-        cdf, log_prob, grad, solve = ctx.fns
-        if grad is not None:
+        cdf, log_prob, grad, vjp = ctx.fns
+        if vjp is not None:
+            vjps = vjp(z, tuple(params), grad_z, needs)
+            grads = [
+                (torch.zeros_like(p) if g is None else g.sum_to_size(p.shape)) if need else None
+                for p, g, need in zip(params, vjps, needs, strict=True)
+            ]
+        elif grad is not None:
             # dz/dphi_i in closed form; sum_to_size undoes the broadcast of phi_i to z.
             dz = grad(z, *params)
             for i, (d, need) in enumerate(zip(dz, needs, strict=True)):
@@ -102,13 +109,12 @@ class _ImplicitSample(torch.autograd.Function):
                 for p, d, need in zip(params, dz, needs, strict=True)
             ]
         else:
-            grads = _cdf_vjp(cdf, log_prob, solve, z, params, needs, grad_z)
+            grads = _cdf_vjp(cdf, log_prob, z, params, needs, grad_z)
         return (None, None, *grads)
 
 
-def _cdf_vjp(cdf, log_prob, solve, z, params, needs, grad_z):
-    """``grad_z . dz/dphi = -(grad_z / q) . dF/dphi``, the partial in phi at fixed z; with
-    ``solve``, ``-(J^-T grad_z) . dS/dphi``."""
+def _cdf_vjp(cdf, log_prob, z, params, needs, grad_z):
+    """``grad_z . dz/dphi = -(grad_z / q) . dF/dphi``, the partial in phi at fixed z."""
     create_graph = torch.is_grad_enabled()  # true inside a double-backward pass
     with torch.enable_grad():
         # Aliases, not the saved tensors themselves: autograd.grad then sums only the paths
@@ -121,14 +127,8 @@ def _cdf_vjp(cdf, log_prob, solve, z, params, needs, grad_z):
             inputs = [
                 p.detach().requires_grad_(need) for p, need in zip(params, needs, strict=True)
             ]
-        # the standardization first: a `solve` may reuse what it computed at the same inputs
         standard = cdf(z, *inputs)
-        if solve is None:
-            weight = -grad_z * torch.exp(-log_prob(z, *inputs))
-        else:
-            # the solve's own graph is needed only for second derivatives
-            with torch.set_grad_enabled(create_graph):
-                weight = -solve(z, *inputs, grad_z)
+        weight = -grad_z * torch.exp(-log_prob(z, *inputs))
         wanted = [p for p, need in zip(inputs, needs, strict=True) if need]
         partials = iter(
             torch.autograd.grad(

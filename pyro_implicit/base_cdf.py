@@ -12,11 +12,14 @@ A *base* is a univariate continuous :class:`torch.distributions.Distribution` (`
 * any other distribution that defines ``cdf`` and ``log_prob`` (optionally ``log_cdf`` and
   ``log_sf`` for accuracy in the tails), differentiable in the tensors named in its
   ``arg_constraints``, and whose constructor accepts those names as keyword arguments (so
-  that :func:`rebuild` can make a copy at other parameter values).
+  that :func:`rebuild` can make a copy at other parameter values); this package's truncations
+  count their base's parameters, then the bounds, as theirs.
 
 :func:`log_cdf_pair` returns :math:`(\log F(v), \log S(v))` with :math:`S = 1 - F`, each
 accurate in its own tail; values outside the support give :math:`(-\infty, 0)` or
-:math:`(0, -\infty)` with zero (not NaN) gradients.
+:math:`(0, -\infty)` with zero (not NaN) gradients. :func:`cdf_pair` is the same pair in linear
+space; :func:`terms` gathers what an implicit gradient needs per element (log-density, CDF pair,
+derivative of the log-density), sharing work where a closed form allows.
 :func:`log_prob` is the host's log-density, except for ``Cauchy`` and ``StudentT``, where it is
 formed without overflow far in the float32 tails. Second derivatives are not supported for the
 Gamma and Student t CDFs (their shape derivatives are carried through iterations, once).
@@ -53,15 +56,20 @@ from .special import (
 
 __all__ = [
     "cdf",
+    "cdf_pair",
     "check_base",
+    "is_location_scale",
     "log_cdf_pair",
     "log_prob",
     "parameters",
     "rebuild",
     "support_bounds",
+    "terms",
 ]
 
 _LOG_HALF = math.log(0.5)
+_SQRT_HALF = math.sqrt(0.5)
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 _CONTRACT = (
     "a univariate continuous torch Distribution (event_shape ()) with a CDF: Normal, Laplace, "
@@ -115,6 +123,42 @@ def _lognormal(dist, v):
     return log_ndtr(x), log_ndtr(-x)
 
 
+def _normal_tails(x):
+    r""":math:`(\Phi(x), 1 - \Phi(x))` from one ``erfc`` of :math:`|x|`, the small tail
+    (``torch.special.ndtr`` has no relative accuracy below 0). Without autograd, ``x`` (a
+    temporary of the caller's) is overwritten."""
+    # The branches are taken by arithmetic (signs, lerp with weights 0 and 1, which selects
+    # exactly): torch.where and comparisons, on bool tensors, are several times slower on CPU.
+    # The sign is +1 at 0, so that the derivative there is the density's.
+    sign = torch.sign(x.detach()).add_(0.5).sign_()
+    if torch.is_grad_enabled():
+        t = 0.5 * torch.special.erfc(x * (sign * _SQRT_HALF))  # the small tail
+        negative = 0.5 - 0.5 * sign  # 1 below 0, else 0
+        return torch.lerp(1 - t, t, negative), torch.lerp(t, 1 - t, negative)
+    # the same in place: fresh memory costs page faults on CPU
+    t = x.mul_(sign).mul_(_SQRT_HALF).erfc_().mul_(0.5)
+    s = 1 - t
+    negative = sign.mul_(-0.5).add_(0.5)
+    return torch.lerp(s, t, negative), t.lerp_(s, negative)
+
+
+def _normal_terms(dist, v, score):
+    """:func:`terms` of a Normal, from one standardized value."""
+    loc, scale = dist.loc, dist.scale
+    x = (v - loc) / scale if torch.is_grad_enabled() else (v - loc).div_(scale)
+    log_q = torch.addcmul(-(torch.log(scale) + _HALF_LOG_2PI), x, x, value=-0.5)
+    d = x / -scale if score else None
+    return (log_q, *_normal_tails(x), d)
+
+
+def _normal_linear(dist, v):
+    return _normal_tails(_standard(dist, v))
+
+
+def _lognormal_linear(dist, v):
+    return _normal_tails((torch.log(v) - dist.loc) / dist.scale)
+
+
 def _gamma(dist, v):
     return gamma_log_cdf_pair(dist.concentration, dist.rate, v)
 
@@ -142,8 +186,17 @@ _FAMILIES = (
 )
 
 
-def _family(dist):
-    for cls, fn in _FAMILIES:
+# Linear-space pairs where they are cheaper than the exponentials of the log-space ones.
+_LINEAR_FAMILIES = ((Normal, _normal_linear), (LogNormal, _lognormal_linear))
+
+
+# The families whose CDF is F0((v - loc) / scale) with F0 free of parameters, and whose
+# parameters are exactly (loc, scale).
+_LOCATION_SCALE = (Normal, Laplace, Cauchy, Logistic, Gumbel)
+
+
+def _family(dist, families=_FAMILIES):
+    for cls, fn in families:
         if isinstance(dist, cls):
             return fn
     return None
@@ -190,32 +243,42 @@ def support_bounds(dist) -> tuple[float | torch.Tensor, float | torch.Tensor]:
     return lower, upper
 
 
+def _truncation(dist):
+    """Whether ``dist`` is this package's truncation of a base, which its constructor takes."""
+    from .truncated import TruncatedUnivariate  # here: truncated.py imports this module
+
+    return isinstance(dist, TruncatedUnivariate)
+
+
 def parameters(dist) -> tuple[torch.Tensor, ...]:
-    """The tensors that parametrize ``dist``, in the order of its ``arg_constraints``."""
-    return tuple(getattr(dist, name) for name in dist.arg_constraints)
+    """The tensors that parametrize ``dist``, in the order of its ``arg_constraints`` (after
+    those of the base, for this package's truncations)."""
+    own = tuple(getattr(dist, name) for name in dist.arg_constraints)
+    return (*parameters(dist.base_dist), *own) if _truncation(dist) else own
 
 
 def rebuild(dist, params):
     """A distribution of the type of ``dist`` with ``params`` (as from :func:`parameters`)."""
+    params, args = tuple(params), ()
+    if _truncation(dist):
+        n = len(parameters(dist.base_dist))
+        args, params = (rebuild(dist.base_dist, params[:n]),), params[n:]
     kwargs = dict(zip(dist.arg_constraints, params, strict=True))
-    # This package's TruncatedNormal keeps its one-sidedness (its support) in flags.
+    # This package's truncations keep their one-sidedness (their support) in flags.
     for name, flag in (("low", "_has_low"), ("high", "_has_high")):
         if not getattr(dist, flag, True):
             kwargs[name] = None
-    return type(dist)(**kwargs, validate_args=False)
+    return type(dist)(*args, **kwargs, validate_args=False)
 
 
-def log_cdf_pair(dist, value) -> tuple[torch.Tensor, torch.Tensor]:
-    r""":math:`(\log F(v), \log(1 - F(v)))` of the univariate ``dist`` at ``value``,
-    differentiable in ``value`` and in the parameters of ``dist``; each accurate in its own
-    tail. Outside the support (and at infinite values) the result is the exact constant
-    :math:`(-\infty, 0)` or :math:`(0, -\infty)`, with zero gradients."""
+def _inside(dist, value):
+    """``(v, inside, below)``: ``value`` with a stand-in inside the support where it is not, so
+    that no branch sees a value at which it is undefined (its gradient would otherwise turn the
+    masked constants into NaN), and the masks of the values inside and below the support."""
     value = torch.as_tensor(value)
     lower, upper = support_bounds(dist)
     below, above = value <= lower, value >= upper
     inside = ~(below | above)
-    # A stand-in inside the support where the value is not, so that no branch sees a value at
-    # which it is undefined (its gradient would otherwise turn the masked zeros into NaN).
     lower = torch.as_tensor(lower, dtype=value.dtype, device=value.device)
     upper = torch.as_tensor(upper, dtype=value.dtype, device=value.device)
     finite_lower, finite_upper = torch.isfinite(lower), torch.isfinite(upper)
@@ -226,12 +289,63 @@ def log_cdf_pair(dist, value) -> tuple[torch.Tensor, torch.Tensor]:
         (safe_lower + safe_upper) / 2,
         torch.where(finite_lower, safe_lower + 1, torch.where(finite_upper, safe_upper - 1, 0.0)),
     )
-    v = torch.where(inside, value, stand_in)
-    fn = _family(dist) or _generic
-    log_f, log_s = fn(dist, v)
+    return torch.where(inside, value, stand_in), inside, below
+
+
+def log_cdf_pair(dist, value) -> tuple[torch.Tensor, torch.Tensor]:
+    r""":math:`(\log F(v), \log(1 - F(v)))` of the univariate ``dist`` at ``value``,
+    differentiable in ``value`` and in the parameters of ``dist``; each accurate in its own
+    tail. Outside the support (and at infinite values) the result is the exact constant
+    :math:`(-\infty, 0)` or :math:`(0, -\infty)`, with zero gradients."""
+    v, inside, below = _inside(dist, value)
+    log_f, log_s = (_family(dist) or _generic)(dist, v)
     log_f = torch.where(inside, log_f, torch.where(below, -math.inf, 0.0))
     log_s = torch.where(inside, log_s, torch.where(below, 0.0, -math.inf))
     return log_f, log_s
+
+
+def cdf_pair(dist, value) -> tuple[torch.Tensor, torch.Tensor]:
+    r""":math:`(F(v), 1 - F(v))`, each accurate where it is small, with the support handling of
+    :func:`log_cdf_pair` (the constants :math:`(0, 1)` or :math:`(1, 0)` outside)."""
+    linear = _family(dist, _LINEAR_FAMILIES)
+    if linear is None:
+        log_f, log_s = log_cdf_pair(dist, value)
+        return torch.exp(log_f), torch.exp(log_s)
+    v, inside, below = _inside(dist, value)
+    f, s = linear(dist, v)
+    if bool(inside.all()):  # the usual case; the masks would broadcast to the full shape
+        return f, s
+    below = below.to(f.dtype)
+    return torch.where(inside, f, 1 - below), torch.where(inside, s, below)
+
+
+def is_location_scale(dist) -> bool:
+    r"""Whether ``dist`` is a location-scale family parametrized by ``(loc, scale)`` alone, so
+    that :math:`\partial F/\partial\mathrm{loc} = -q` and
+    :math:`\partial F/\partial\mathrm{scale} = -x q` with :math:`x = (v - loc)/scale`."""
+    return isinstance(dist, _LOCATION_SCALE)
+
+
+def terms(dist, value, *, score=False, create_graph=False):
+    r"""The per-element terms of an implicit gradient at ``value``, each of the broadcast shape
+    of ``value`` and the batch of ``dist``: ``(log q, F, 1 - F, d/dv log q)``, i.e.
+    :func:`log_prob`, :func:`cdf_pair` and, if ``score``, the derivative of the log-density in
+    the value (else ``None``). A Normal has them in closed form from one standardized value;
+    other families differentiate :func:`log_prob` by autograd, with ``create_graph`` for
+    higher derivatives."""
+    value = torch.as_tensor(value)
+    if isinstance(dist, Normal) and bool(torch.isfinite(value).all()):
+        return _normal_terms(dist, value, score)
+    if not score:
+        return (log_prob(dist, value), *cdf_pair(dist, value), None)
+    # at a copy of the value per element, so that the gradient of the sum is elementwise
+    v = value.expand(torch.broadcast_shapes(value.shape, dist.batch_shape))
+    if not (create_graph and v.requires_grad):
+        v = v.detach().requires_grad_()
+    with torch.enable_grad():
+        log_q = log_prob(dist, v)
+        (d,) = torch.autograd.grad(log_q.sum(), v, retain_graph=True, create_graph=create_graph)
+    return (log_q, *cdf_pair(dist, value), d)
 
 
 def cdf(dist, value) -> torch.Tensor:
