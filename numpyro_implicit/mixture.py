@@ -302,18 +302,27 @@ def _select_component(base, indices, multivariate):
 
 def _d_major(t, batch, sample_ndim, multivariate):
     """A component parameter (or its tangent) broadcast to the base's batch shape
-    ``[B..., K, D]`` (``[B..., K]`` if univariate) and laid out as ``[D, 1 (sample)..., B..., K]``:
-    the scans over ``d`` then read contiguous slices and reduce over ``K`` innermost."""
+    ``[B..., K, D]`` (``[B..., K]`` if univariate) and laid out as ``[D, K, 1 (sample)..., B...]``:
+    the scan over ``d`` then reads contiguous slices, and sums over the components are sums of
+    whole rows, which XLA fuses with the work around them."""
     t = jnp.broadcast_to(t, batch)
-    t = jnp.moveaxis(t, -1, 0) if multivariate else t[None]
+    if not multivariate:
+        t = t[..., None]
+    t = jnp.moveaxis(jnp.moveaxis(t, -1, 0), -1, 1)  # [D, K, B...]
+    return t.reshape(t.shape[:2] + (1,) * sample_ndim + t.shape[2:])
+
+
+def _k_major(t, sample_ndim):
+    """``[B..., K]`` (logits or their tangent) as ``[K, 1 (sample)..., B...]``."""
+    t = jnp.moveaxis(t, -1, 0)
     return t.reshape(t.shape[:1] + (1,) * sample_ndim + t.shape[1:])
 
 
 def _tangent(z, params, dots, treedef, batch, multivariate):
     r""":math:`\dot z = -J^{-1}\dot S` in O(DK) (module docstring): one scan over :math:`d`
-    whose body does all the work of dimension :math:`d` on ``[sample..., batch..., K]`` slices,
-    which stay in cache; in reverse mode JAX splits it into a forward scan of the coefficients
-    and the transposed scan of the tangents."""
+    whose step does all the work of dimension :math:`d` on ``[K, sample..., batch...]``
+    slices, which stay in cache; in reverse mode JAX splits it into a forward scan of the
+    coefficients and the transposed scan of the tangents."""
     logits, *leaves = params
     logits_dot, *leaf_dots = dots
     sample_ndim = jnp.ndim(z) - (len(batch) - 1)
@@ -327,7 +336,7 @@ def _tangent(z, params, dots, treedef, batch, multivariate):
         # z_j moving too
         log_w, t = carry
         x_d, leaves_d, dots_d = inputs
-        x_d = x_d[..., None]
+        x_d = x_d[None]
 
         def terms(*args):  # per component, at fixed z_d
             base = jax.tree_util.tree_unflatten(treedef, args)
@@ -343,12 +352,12 @@ def _tangent(z, params, dots, treedef, batch, multivariate):
         finite = jnp.isfinite(log_q)
         b = jnp.where(finite, b, 0.0)
         w = jnp.exp(log_w)
-        lower = jnp.sum(w * cdf, axis=-1, keepdims=True)  # S_d
-        upper = jnp.sum(w * sf, axis=-1, keepdims=True)  # 1 - S_d
+        lower = jnp.sum(w * cdf, axis=0)  # S_d
+        upper = jnp.sum(w * sf, axis=0)  # 1 - S_d
         # F_k - S_d from whichever tail is small, so that the difference does not cancel
         a = w * jnp.where(lower <= 0.5, cdf - lower, upper - sf)
         log_joint = log_w + log_q
-        log_c = jax.nn.logsumexp(log_joint, axis=-1, keepdims=True)  # the conditional density
+        log_c = jax.nn.logsumexp(log_joint, axis=0)  # the conditional density
         # The tangents enter last, each times a coefficient computed from the primal values:
         # reverse mode then keeps these few coefficients per step, not every intermediate.
         # S-dot_d = sum_k [w_k F-dot_k + a_k (log-pi-dot_k + t_k)], t including earlier z_j.
@@ -362,12 +371,14 @@ def _tangent(z, params, dots, treedef, batch, multivariate):
             )
             s_dot = s_dot + (w * d_cdf) * dot
             t_next = t_next + jnp.where(finite, d_log_q, 0.0) * dot
-        z_dot_d = -jnp.sum(s_dot, axis=-1, keepdims=True) * jnp.exp(-log_c)
-        return (log_joint - log_c, t_next + b * z_dot_d), z_dot_d[..., 0]
+        z_dot_d = -jnp.sum(s_dot, axis=0) * jnp.exp(-log_c)
+        return (log_joint - log_c, t_next + b * z_dot_d), z_dot_d
 
-    log_pi = jax.nn.log_softmax(logits, axis=-1)
+    log_pi = _k_major(jax.nn.log_softmax(logits, axis=-1), sample_ndim)
+    if logits_dot is not None:
+        logits_dot = _k_major(logits_dot, sample_ndim)
     carry_shape = jnp.broadcast_shapes(
-        x.shape[1:] + (1,), log_pi.shape, *(leaf.shape[1:] for leaf in leaves)
+        (1,) + x.shape[1:], log_pi.shape, *(leaf.shape[1:] for leaf in leaves)
     )
     dtype = jnp.result_type(x, *leaves)
     init = (jnp.broadcast_to(log_pi, carry_shape).astype(dtype), jnp.zeros(carry_shape, dtype))
