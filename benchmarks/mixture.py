@@ -9,7 +9,10 @@ device) and JAX (``numpyro_implicit``, on JAX's default backend), in float32.
   size (the floor) and, on JAX, TensorFlow Probability's
   ``MixtureSameFamily(reparameterize=True)`` (``tfp-nightly``, skipped when absent). JAX
   functions are ``jax.jit(jax.grad(...))``; each call waits for its result. After two warm-up
-  calls each, the implementations run alternately ``repeats`` times and the median is reported.
+  calls each, the implementations take turns, ``repeats`` rounds of ``BLOCK`` calls each, and
+  the median call is reported. This package's JAX call is slower here than timed alone
+  (n = 2048: 13-16 ms against 9-10 ms): TFP's calls, which build a D x D Jacobian per draw,
+  churn the caches and memory that the next call then refills.
 * :func:`scaling`: the same measurement for ``D`` from 4 to 1024 (``n = 512``), for the plot
   (TFP up to ``D = 64``: beyond, its dense per-draw Jacobian takes tens of seconds per call).
 * :func:`gradient_variance`: per-draw gradients of ``|z|^2`` with respect to the locations and
@@ -44,6 +47,7 @@ N, N_QUICK = 2048, 512  # draws per speed measurement; --quick also fits one see
 K, D = 8, 64
 SCALING_D = (4, 16, 64, 256, 1024)
 SCALING_N = 512
+BLOCK = 3  # calls in a row per implementation and round (timing.median_times)
 SEEDS = (0, 1, 2, 3, 4)
 TARGETS = {
     "separated": ((0.35, 0.65), (-1.5, 1.0), (0.5, 0.7)),
@@ -142,7 +146,7 @@ def speed(n, device, repeats=7):
         ("pyro", lambda: _torch_steps(K, D, n, device)),
         ("numpyro", lambda: _jax_steps(K, D, n)),
     ):
-        times = median_times(steps(), repeats)
+        times = median_times(steps(), repeats, BLOCK)
         for name, t in times.items():
             row = {"host": host, "estimator": name, "K": K, "D": D, "n": n, "ms": 1e3 * t}
             row["x diagonal normal"] = t / times["diagonal normal"]
@@ -155,11 +159,11 @@ def scaling(n, device, repeats=3):
     """Scaling in D (K = 8, n = 512): time per sample + gradient (ms)."""
     rows = []
     for d in SCALING_D:
-        t_torch = median_times(_torch_steps(K, d, SCALING_N, device), repeats)
+        t_torch = median_times(_torch_steps(K, d, SCALING_N, device), repeats, BLOCK)
         steps = _jax_steps(K, d, SCALING_N)
         if d > 64:  # TFP's dense D x D Jacobian per draw: tens of seconds per call beyond
             steps.pop("TFP", None)
-        t_jax = median_times(steps, repeats)
+        t_jax = median_times(steps, repeats, BLOCK)
         rows.append(
             {
                 "D": d,

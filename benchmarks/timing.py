@@ -6,16 +6,19 @@ import statistics
 import time
 
 
-def median_times(steps, repeats):
+def median_times(steps, repeats, block=1):
     """Median wall time in seconds of each step, warmed up twice, the steps interleaved so that
-    machine noise hits all of them alike."""
+    machine noise hits all of them alike: ``repeats`` rounds, each running every step ``block``
+    times in a row (``block > 1`` keeps a fast step from being timed right after a slow one
+    that has just churned through caches and memory)."""
     for run in steps.values():
         run()
         run()
     times = {name: [] for name in steps}
     for _ in range(repeats):
         for name, run in steps.items():
-            start = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - start)
+            for _ in range(block):
+                start = time.perf_counter()
+                run()
+                times[name].append(time.perf_counter() - start)
     return {name: statistics.median(t) for name, t in times.items()}

@@ -70,8 +70,7 @@ class MixtureSameFamily(_PyroMixtureSameFamily):
         :meth:`score_parts`); a bare ``rsample()`` then gives no gradient for the weights.
         ``"implicit"`` is the default because it is correct for any loss and, measured on the
         issue's protocol (``benchmarks/mixture.py``), fits a two-component guide to KL < 0.01
-        in 5 of 5 seeds, as ``"score"`` does; ``"score"`` got there sooner in 2 of the 5 seeds
-        (at most 300 steps against up to 2650) for separated components.
+        in 5 of 5 seeds, as ``"score"`` does, in about as many steps.
         For components far apart (the guide with hardly any mass between them) use
         ``"score"``: the implicit weight gradient is made of draws in that gap and, though
         unbiased, is then heavy-tailed (README, "Mixtures"). The score term multiplies
