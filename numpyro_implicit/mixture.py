@@ -148,6 +148,20 @@ class MixtureSameFamily(_NumPyroMixtureSameFamily):
             hull = constraints.less_than(upper)
         return constraints.independent(hull, event_dim) if event_dim else hull
 
+    def component_log_probs(self, value):
+        # Truncated components with different supports: a value may lie outside some of them,
+        # where their density is 0, not a warning (the value is checked against the hull).
+        component = self.component_distribution
+        layers = [component, getattr(component, "base_dist", component)]
+        saved = [layer._validate_args for layer in layers]
+        try:
+            for layer in layers:
+                layer._validate_args = False
+            return super().component_log_probs(value)
+        finally:
+            for layer, flag in zip(layers, saved, strict=True):
+                layer._validate_args = flag
+
     @property
     def has_rsample(self) -> bool:
         return True

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as nnf
 from pyro.distributions import MixtureSameFamily as _PyroMixtureSameFamily
 from pyro.distributions.score_parts import ScoreParts
-from torch.distributions import Independent
+from torch.distributions import Independent, constraints
 
 from . import base_cdf
 from ._implicit import implicit_reparameterize
@@ -99,6 +99,39 @@ class MixtureSameFamily(_PyroMixtureSameFamily):
         new = self._get_checked_instance(MixtureSameFamily, _instance)
         new.weights = self.weights
         return super().expand(batch_shape, _instance=new)
+
+    @constraints.dependent_property
+    def support(self):
+        """The host's support, except for components whose supports depend on their parameters
+        (truncations): the hull of their supports, where the host's would demand a value
+        inside every component's."""
+        base, multivariate = _univariate_base(self.component_distribution)
+        lower, upper = base_cdf.support_bounds(base)
+        if not any(isinstance(b, torch.Tensor) and b.dim() > 0 for b in (lower, upper)):
+            return super().support
+        axis = -2 if multivariate else -1  # the components' axis
+
+        def hull(bound, reduce):
+            bound = torch.as_tensor(bound).expand(base.batch_shape)
+            return reduce(bound, axis)
+
+        lower, upper = hull(lower, torch.amin), hull(upper, torch.amax)
+        support = constraints.interval(lower, upper)
+        return constraints.independent(support, 1) if multivariate else support
+
+    def log_prob(self, value):
+        # Truncated components with different supports: a value may lie outside some of them,
+        # where their density is 0, not an error (the value is checked against the hull above).
+        component = self.component_distribution
+        layers = [component, getattr(component, "base_dist", component)]
+        saved = [layer._validate_args for layer in layers]
+        try:
+            for layer in layers:
+                layer._validate_args = False
+            return super().log_prob(value)
+        finally:
+            for layer, flag in zip(layers, saved, strict=True):
+                layer._validate_args = flag
 
     def rsample(self, sample_shape=_NO_SHAPE):
         return self._reparameterize(self.sample(sample_shape))

@@ -707,3 +707,35 @@ def test_jax_jit_vmap_and_pytree():
     leaves, treedef = jax.tree_util.tree_flatten(mix)
     again = jax.tree_util.tree_unflatten(treedef, leaves)
     assert type(again) is MixtureSameFamily and again.weights == "score"
+
+
+def test_truncated_components_with_different_supports():
+    """The support is the hull of the components' supports, and log_prob is the mixture density
+    where a value lies outside some of them (scipy), in both hosts."""
+    import jax.numpy as jnp
+    import numpyro.distributions as ndist
+    import pyro.distributions as pdist
+    import torch
+
+    import numpyro_implicit
+    import pyro_implicit
+
+    low, x = np.array([-1.0, 0.0, 1.0]), np.array([-0.5, 0.5, 1.5])
+    ref = scipy.special.logsumexp(
+        [np.log(1 / 3) + scipy.stats.truncnorm(a, np.inf).logpdf(x) for a in low], axis=0
+    )
+    mixtures = [
+        pyro_implicit.MixtureSameFamily(
+            pdist.Categorical(logits=torch.zeros(3, dtype=torch.float64)),
+            pyro_implicit.TruncatedNormal(
+                torch.zeros(3, dtype=torch.float64), 1.0, low=torch.tensor(low)
+            ),
+        ),
+        numpyro_implicit.MixtureSameFamily(
+            ndist.Categorical(logits=jnp.zeros(3)),
+            numpyro_implicit.TruncatedNormal(jnp.zeros(3), 1.0, low=jnp.asarray(low, jnp.float32)),
+        ),
+    ]
+    for mix, to_array in zip(mixtures, (torch.tensor, jnp.asarray), strict=True):
+        assert float(mix.support.lower_bound) == -1.0
+        assert np.allclose(np.asarray(mix.log_prob(to_array(x))), ref, rtol=1e-6)
