@@ -56,6 +56,11 @@ FAMILIES = {
         lambda p: scipy.stats.t(p[0], p[1], p[2]),
         ([2.5, 5.0, 30.0], [-2.0, 0.5, 3.0], [0.7, 1.2, 0.5]),
     ),
+    # Rice(nu, sigma), this package's
+    "Rice": (
+        lambda p: scipy.stats.rice(np.asarray(p[0]) / p[1], scale=p[1]),
+        ([0.5, 1.5, 4.0], [0.7, 1.2, 0.5]),
+    ),
     # components sharing their bounds, so that the mixture has one support; the gradient with
     # respect to the bounds is checked too
     "TruncatedNormal": (
@@ -71,7 +76,7 @@ FAMILIES = {
     ),
 }
 LOGITS = [0.3, -0.2, 0.5]
-OWN = ("TruncatedNormal", "TruncatedDistribution")  # from this package rather than the host
+OWN = ("Rice", "TruncatedNormal", "TruncatedDistribution")  # this package's, not the host's
 
 
 # ---- ground truth: the mixture CDF and its inverse, with scipy ------------------------------
@@ -269,10 +274,10 @@ class JaxMixtures:
             comp = self.lib.TruncatedDistribution(
                 self.dist.Gamma(*params[:2]), low=params[2], high=params[3]
             )
-        elif family in OWN:  # this package's distributions, with keyword bounds as upstream's
-            comp = getattr(self.lib, family)(*params[:2], low=params[2], high=params[3])
+        elif family == "TruncatedNormal":  # keyword bounds, as upstream's
+            comp = self.lib.TruncatedNormal(*params[:2], low=params[2], high=params[3])
         else:
-            comp = getattr(self.dist, family)(*params)
+            comp = getattr(self.lib if family in OWN else self.dist, family)(*params)
         if multivariate:
             comp = comp.to_event(1)
         return self.lib.MixtureSameFamily(
