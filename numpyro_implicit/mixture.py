@@ -29,6 +29,8 @@ univariate mixture is the case :math:`D = 1`, where :math:`\dot z = -\dot F/q(z)
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 from jax import lax, random
@@ -131,22 +133,21 @@ class MixtureSameFamily(_NumPyroMixtureSameFamily):
         support = self.component_distribution.support
         if _parameter_free(support):
             return support
-        event_dim = len(self.event_shape)
-        base = support.base_constraint if event_dim else support
-        lower = getattr(base, "lower_bound", None)
-        upper = getattr(base, "upper_bound", None)
-        shape, axis = self.component_distribution.shape(), self.mixture_dim
-        if lower is not None:
-            lower = jnp.min(jnp.broadcast_to(lower, shape), axis)
-        if upper is not None:
-            upper = jnp.max(jnp.broadcast_to(upper, shape), axis)
-        if lower is not None and upper is not None:
-            hull = constraints.interval(lower, upper)
-        elif lower is not None:
-            hull = constraints.greater_than(lower)
+        base, multivariate = _univariate_base(self.component_distribution)
+        lower, upper = base_cdf.support_bounds(base)
+        axis = -2 if multivariate else -1  # the components' axis
+
+        def hull(bound, reduce):
+            return reduce(jnp.broadcast_to(bound, base.batch_shape), axis)
+
+        # a missing bound (support_bounds' float infinity) stays missing: a one-sided support
+        if _missing(upper):
+            hull_support = constraints.greater_than(hull(lower, jnp.min))
+        elif _missing(lower):
+            hull_support = constraints.less_than(hull(upper, jnp.max))
         else:
-            hull = constraints.less_than(upper)
-        return constraints.independent(hull, event_dim) if event_dim else hull
+            hull_support = constraints.interval(hull(lower, jnp.min), hull(upper, jnp.max))
+        return constraints.independent(hull_support, 1) if multivariate else hull_support
 
     def component_log_probs(self, value):
         # Truncated components with different supports: a value may lie outside some of them,
@@ -262,6 +263,10 @@ def weight_score(fn, value):
     if isinstance(fn, MixtureSameFamily) and fn.weights == "score":
         return fn.weight_score(value)
     return None
+
+
+def _missing(bound):
+    return isinstance(bound, float) and math.isinf(bound)
 
 
 def _parameter_free(support):

@@ -115,8 +115,13 @@ class MixtureSameFamily(_PyroMixtureSameFamily):
             bound = torch.as_tensor(bound).expand(base.batch_shape)
             return reduce(bound, axis)
 
-        lower, upper = hull(lower, torch.amin), hull(upper, torch.amax)
-        support = constraints.interval(lower, upper)
+        # a missing bound (support_bounds' float infinity) stays missing: a one-sided support
+        if _missing(upper):
+            support = constraints.greater_than_eq(hull(lower, torch.amin))
+        elif _missing(lower):
+            support = constraints.less_than(hull(upper, torch.amax))
+        else:
+            support = constraints.interval(hull(lower, torch.amin), hull(upper, torch.amax))
         return constraints.independent(support, 1) if multivariate else support
 
     def log_prob(self, value):
@@ -165,6 +170,10 @@ class MixtureSameFamily(_PyroMixtureSameFamily):
             responsibilities = torch.softmax(log_joint, dim=-1)
         score = (responsibilities * log_pi).sum(-1)  # [S, B]
         return ScoreParts(log_prob=log_prob, score_function=score, entropy_term=log_prob)
+
+
+def _missing(bound):
+    return isinstance(bound, float) and math.isinf(bound)
 
 
 def _univariate_base(component):

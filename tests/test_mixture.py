@@ -718,6 +718,7 @@ def test_truncated_components_with_different_supports():
     """The support is the hull of the components' supports, and log_prob is the mixture density
     where a value lies outside some of them (scipy), in both hosts."""
     import jax.numpy as jnp
+    import numpyro.distributions
     import numpyro.distributions as ndist
     import pyro.distributions as pdist
     import torch
@@ -741,6 +742,11 @@ def test_truncated_components_with_different_supports():
             numpyro_implicit.TruncatedNormal(jnp.zeros(3), 1.0, low=jnp.asarray(low, jnp.float32)),
         ),
     ]
-    for mix, to_array in zip(mixtures, (torch.tensor, jnp.asarray), strict=True):
+    bijections = (torch.distributions.biject_to, numpyro.distributions.transforms.biject_to)
+    for mix, to_array, biject_to in zip(
+        mixtures, (torch.tensor, jnp.asarray), bijections, strict=True
+    ):
         assert float(mix.support.lower_bound) == -1.0
+        # one-sided, as the components: an unconstrained parameter maps into it, finitely
+        assert np.all(np.isfinite(np.asarray(biject_to(mix.support)(to_array([-5.0, 0.0, 5.0])))))
         assert np.allclose(np.asarray(mix.log_prob(to_array(x))), ref, rtol=1e-6)
