@@ -124,31 +124,28 @@ def _lognormal(dist, v):
 
 
 def _normal_tails(x):
-    r""":math:`(\Phi(x), 1 - \Phi(x))` from one ``erfc`` of :math:`|x|`, the small tail
+    r""":math:`(\Phi(x), 1 - \Phi(x))`, each from its own ``erfc``, accurate where it is small
     (``torch.special.ndtr`` has no relative accuracy below 0). Without autograd, ``x`` (a
-    temporary of the caller's) is overwritten."""
-    # The branches are taken by arithmetic (signs, lerp with weights 0 and 1, which selects
-    # exactly): torch.where and comparisons, on bool tensors, are several times slower on CPU.
-    # The sign is +1 at 0, so that the derivative there is the density's.
-    sign = torch.sign(x.detach()).add_(0.5).sign_()
+    temporary of the caller's) is overwritten by the first."""
     if torch.is_grad_enabled():
-        t = 0.5 * torch.special.erfc(x * (sign * _SQRT_HALF))  # the small tail
-        negative = 0.5 - 0.5 * sign  # 1 below 0, else 0
-        return torch.lerp(1 - t, t, negative), torch.lerp(t, 1 - t, negative)
-    # the same in place: fresh memory costs page faults on CPU
-    t = x.mul_(sign).mul_(_SQRT_HALF).erfc_().mul_(0.5)
-    s = 1 - t
-    negative = sign.mul_(-0.5).add_(0.5)
-    return torch.lerp(s, t, negative), t.lerp_(s, negative)
+        return 0.5 * torch.special.erfc(x * -_SQRT_HALF), 0.5 * torch.special.erfc(x * _SQRT_HALF)
+    sf = (x * _SQRT_HALF).erfc_().mul_(0.5)
+    return x.mul_(-_SQRT_HALF).erfc_().mul_(0.5), sf
 
 
-def _normal_terms(dist, v, score):
-    """:func:`terms` of a Normal, from one standardized value."""
+def _normal_terms(dist, v, score, out):
+    """:func:`terms` of a Normal, from one standardized value; without autograd, into ``out``."""
     loc, scale = dist.loc, dist.scale
-    x = (v - loc) / scale if torch.is_grad_enabled() else (v - loc).div_(scale)
-    log_q = torch.addcmul(-(torch.log(scale) + _HALF_LOG_2PI), x, x, value=-0.5)
-    d = x / -scale if score else None
-    return (log_q, *_normal_tails(x), d)
+    if torch.is_grad_enabled():
+        x = (v - loc) / scale
+        log_q = torch.addcmul(-(torch.log(scale) + _HALF_LOG_2PI), x, x, value=-0.5)
+        return (log_q, *_normal_tails(x), x / -scale if score else None)
+    log_q, cdf, sf, d = out
+    x = torch.sub(v, loc, out=cdf).div_(scale)
+    log_q = torch.addcmul(-(torch.log(scale) + _HALF_LOG_2PI), x, x, value=-0.5, out=log_q)
+    d = torch.div(x, -scale, out=d) if score else None
+    sf = torch.mul(x, _SQRT_HALF, out=sf).erfc_().mul_(0.5)
+    return log_q, x.mul_(-_SQRT_HALF).erfc_().mul_(0.5), sf, d
 
 
 def _normal_linear(dist, v):
@@ -326,26 +323,33 @@ def is_location_scale(dist) -> bool:
     return isinstance(dist, _LOCATION_SCALE)
 
 
-def terms(dist, value, *, score=False, create_graph=False):
+def terms(dist, value, *, score=False, create_graph=False, out=None):
     r"""The per-element terms of an implicit gradient at ``value``, each of the broadcast shape
     of ``value`` and the batch of ``dist``: ``(log q, F, 1 - F, d/dv log q)``, i.e.
     :func:`log_prob`, :func:`cdf_pair` and, if ``score``, the derivative of the log-density in
     the value (else ``None``). A Normal has them in closed form from one standardized value;
     other families differentiate :func:`log_prob` by autograd, with ``create_graph`` for
-    higher derivatives."""
+    higher derivatives. ``out``: four tensors of that shape to hold the results, without
+    autograd (to spare the allocations of a caller that reuses its memory)."""
     value = torch.as_tensor(value)
+    if out is None:
+        out = (None,) * 4
     if isinstance(dist, Normal) and bool(torch.isfinite(value).all()):
-        return _normal_terms(dist, value, score)
+        return _normal_terms(dist, value, score, out)
     if not score:
-        return (log_prob(dist, value), *cdf_pair(dist, value), None)
-    # at a copy of the value per element, so that the gradient of the sum is elementwise
-    v = value.expand(torch.broadcast_shapes(value.shape, dist.batch_shape))
-    if not (create_graph and v.requires_grad):
-        v = v.detach().requires_grad_()
-    with torch.enable_grad():
-        log_q = log_prob(dist, v)
-        (d,) = torch.autograd.grad(log_q.sum(), v, retain_graph=True, create_graph=create_graph)
-    return (log_q, *cdf_pair(dist, value), d)
+        results = (log_prob(dist, value), *cdf_pair(dist, value), None)
+    else:
+        # at a copy of the value per element, so that the gradient of the sum is elementwise
+        v = value.expand(torch.broadcast_shapes(value.shape, dist.batch_shape))
+        if not (create_graph and v.requires_grad):
+            v = v.detach().requires_grad_()
+        with torch.enable_grad():
+            log_q = log_prob(dist, v)
+            (d,) = torch.autograd.grad(log_q.sum(), v, retain_graph=True, create_graph=create_graph)
+        results = (log_q, *cdf_pair(dist, value), d)
+    return tuple(
+        r if o is None or r is None else o.copy_(r) for r, o in zip(results, out, strict=True)
+    )
 
 
 def cdf(dist, value) -> torch.Tensor:

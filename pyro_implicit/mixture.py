@@ -217,21 +217,26 @@ def _sample_selected(mixture, sample_shape):
         return None
 
 
-def _per_dim(z, params, multivariate):
-    """``z`` as ``[..., 1, D]`` and the component parameters as ``[..., K, D]`` (``D = 1`` if
-    univariate)."""
-    if multivariate:
-        return z.unsqueeze(-2), params
-    return z[..., None, None], [p.unsqueeze(-1) for p in params]
+def _d_major(p, shape, num_sample):
+    r"""``p`` (broadcastable to ``shape`` ``[B..., K, D]``) as ``[D, K, 1 per sample dimension...,
+    B...]``: the layout of the backward pass, in which each step over :math:`d` reads contiguous
+    ``[K, S..., B...]`` slices and sums over :math:`k` run along an outer axis."""
+    p = p.expand(shape).movedim(-1, 0).movedim(-1, 1)  # [D, K, B...]
+    return p[(slice(None), slice(None)) + (None,) * num_sample]
+
+
+def _from_d_major(g, num_sample):
+    """``[D, K, S..., B...]`` summed over the draws, as ``[B..., K, D]``."""
+    if num_sample:
+        g = g.sum(tuple(range(2, 2 + num_sample)))
+    return g.movedim(1, -1).movedim(0, -1)
 
 
 def _sequential_vjp(base, multivariate, z, params, grad_z, needs):
     r"""The gradients of :math:`\bar z \cdot z` in ``(logits, *component parameters)`` (``None``
     where not ``needs``), by the backward recursion of the module docstring."""
     create_graph = torch.is_grad_enabled()  # true inside a double-backward pass
-    # Without a graph to keep, the temporaries of [..., K, D] are reused in place: allocating
-    # them anew is a large part of the time on CPU.
-    inplace = not create_graph
+    inplace = not create_graph  # without a graph to keep, temporaries are reused in place
     # For location-scale components the partials in (loc, scale) have a closed form in the
     # terms at hand; other families differentiate their CDF and density by autograd.
     closed_form = base_cdf.is_location_scale(base)
@@ -246,127 +251,149 @@ def _sequential_vjp(base, multivariate, z, params, grad_z, needs):
             for p, need in zip(params, needs, strict=True)
         ]
     logits, *component = params
+    shape = base.batch_shape  # [B..., K, D]; a univariate mixture is the case D = 1
+    if not multivariate:
+        shape, z, grad_z = shape + (1,), z.unsqueeze(-1), grad_z.unsqueeze(-1)
+    num_sample = z.dim() + 1 - len(shape)  # z is [S..., B..., D]
+    num_dims = shape[-1]
     with torch.set_grad_enabled(create_graph or not closed_form):
-        x, per_dim = _per_dim(z, component, multivariate)  # [..., 1, D], each [..., K, D]
-        rebuilt = base_cdf.rebuild(base, per_dim)
-        num_dims = x.shape[-1]
-        log_q, cdf, sf, b = base_cdf.terms(
-            rebuilt, x, score=num_dims > 1, create_graph=create_graph
-        )  # each [..., K, D]; b is not used if D = 1
-    with torch.set_grad_enabled(create_graph):
-        weights, inv_c = _weights(logits, log_q, inplace)  # [..., K, D+1], [..., D]
-        w, w_next = weights[..., :-1], weights[..., 1:]  # w_kd and w_k,d+1
-        lower = (w * cdf).sum(-2, keepdim=True)  # [..., 1, D]
-        upper = (w * sf).sum(-2, keepdim=True)
-        # F_k - S_d from whichever tail is small, so that the difference does not cancel; lerp
-        # with weights 0 and 1 selects exactly, and faster than torch.where
-        large = (lower > 0.5).to(w.dtype)
+        per_dim = [
+            _d_major(p if multivariate else p.expand(shape[:-1]).unsqueeze(-1), shape, num_sample)
+            for p in component
+        ]  # each [D, K, 1..., B...]
+        # contiguous, so that the results of [D, K, ...] are (elementwise ops follow the
+        # memory order of their inputs)
+        x = z.movedim(-1, 0).contiguous().unsqueeze(1)  # [D, 1, S..., B...]
+        # Without a graph, the terms of location-scale components and all that is formed from
+        # them live in one workspace: the running log-weights [D+1, K, ...] (log q in rows 1:)
+        # and three [D, K, ...] blocks, each reused in place. On CPU, fresh memory costs page
+        # faults, measured as half the time of this pass; glibc's malloc keeps one large block
+        # for the next call (up to 32 MB), where it returns several smaller ones to the system.
+        workspace = joint = None
+        out = None
         if inplace and closed_form:
-            # No autograd needs the terms any more: their memory is reused (fresh memory costs
-            # page faults on CPU), and a_kd / c_d is formed in place (the recursion then runs
-            # on r_d = c_d ybar_d).
-            del log_q
-            a = cdf.sub_(lower).lerp_(sf.neg_().add_(upper), large).mul_(w)
-            a = a.mul_(inv_c.unsqueeze(-2))  # [..., K, D]
-            del cdf, sf
+            workspace = x.new_empty((4 * num_dims + 1, shape[-2], *z.shape[:-1]))
+            joint, *blocks = workspace.split([num_dims + 1] + [num_dims] * 3)
+            out = (joint[1:], *blocks)  # log q, F, 1 - F, b
+        log_q, cdf, sf, b = base_cdf.terms(
+            base_cdf.rebuild(base, per_dim),
+            x,
+            score=num_dims > 1,
+            create_graph=create_graph,
+            out=out,
+        )  # each [D, K, S..., B...]; b is not used if D = 1
+    with torch.set_grad_enabled(create_graph):
+        log_pi = torch.log_softmax(logits.expand(shape[:-1]), -1).unsqueeze(-1)
+        log_pi = _d_major(log_pi, shape[:-1] + (1,), num_sample)  # [1, K, 1..., B...]
+        if inplace and joint is None:  # log q is kept for autograd: the running sums beside it
+            joint = log_q.new_empty((num_dims + 1, *log_q.shape[1:]))
+            joint[1:] = log_q
+        weights, inv_c = _weights(log_pi, log_q, joint)  # [D+1, K, ...], [D, 1, ...]
+        w, w_next = weights[:-1], weights[1:]  # w_kd and w_k,d+1
+        # a_kd / c_d, with F_k - S_d from whichever tail is small, so that the difference does
+        # not cancel: lerp with weights 0 and 1 selects exactly, and faster than torch.where
+        if workspace is not None:  # w (F - S) and w (S' - F') in the memory of F and S' = 1 - F
+            lower = cdf.mul_(w).sum(1, keepdim=True)  # S_d, [D, 1, ...]
+            upper = sf.mul_(w).sum(1, keepdim=True)
+            large = (lower > 0.5).to(w.dtype)
+            tail = sf.addcmul_(w, upper, value=-1).neg_()
+            a = cdf.addcmul_(w, lower, value=-1).lerp_(tail, large).mul_(inv_c)
         else:
-            a = torch.lerp(cdf - lower, upper - sf, large) * w * inv_c.unsqueeze(-2)
-        neg_grad_z = -(grad_z if multivariate else grad_z.unsqueeze(-1))  # [..., D]
+            lower = (w * cdf).sum(1, keepdim=True)
+            upper = (w * sf).sum(1, keepdim=True)
+            large = (lower > 0.5).to(w.dtype)
+            a = torch.lerp(cdf - lower, upper - sf, large) * w * inv_c  # [D, K, ...]
+        # the recursion runs on r_d = c_d ybar_d, from r = -zbar
+        r = torch.neg(grad_z.movedim(-1, 0)).contiguous()  # [D, S..., B...]
         if num_dims == 1:
-            r, g_excl, g_total = neg_grad_z, None, a.squeeze(-1) * neg_grad_z  # [..., K]
+            g_excl, g_total = None, a[0] * r[0]  # [K, S..., B...]
         else:
-            # d leading and contiguous, so that each step of the recursion reads contiguous
-            # [..., K] slices; b_d is not used at the last step (where G = 0)
-            a = a.movedim(-1, 0).contiguous()  # [D, ..., K]
-            b = b[..., :-1].movedim(-1, 0).contiguous()  # [D-1, ..., K]
             # Where log q_k = -inf (outside its support) the later weights of k vanish and G_k
             # is exactly 0, so b there, the NaN or inf of differentiating log 0, may be 0.
             b = (b.nan_to_num_ if inplace else b.nan_to_num)(nan=0.0, posinf=0.0, neginf=0.0)
-            r, g_excl, g_total = _recursion(a, b, neg_grad_z, inplace)  # g_excl [D, ..., K]
-            del a
+            # G before each step, [D, K, ...]: in the memory of S' if that is free
+            g_excl = None if create_graph else sf if workspace is not None else torch.empty_like(a)
+            r, g_excl, g_total = _recursion(a, b, r, g_excl)
+    grads = [_from_d_major(g_total.unsqueeze(0), num_sample).squeeze(-1) if needs[0] else None]
     wanted = [p for p, need in zip(per_dim, needs[1:], strict=True) if need]
     if not wanted:
         partials = iter(())
     elif closed_form:
         with torch.set_grad_enabled(create_graph):
-            partials = _location_scale_vjp(x, *per_dim, needs[1:], r, w_next, b, g_excl, inplace)
+            # a and the memory of b are free now
+            spare = None if workspace is None else (a, out[3])
+            partials = _location_scale_vjp(x, *per_dim, needs[1:], r, w_next, b, g_excl, spare)
         partials = iter([g for g in partials if g is not None])
     else:
+        # the cotangents of F_k(z_d) at fixed weights, and of log q_k(z_d)
         with torch.set_grad_enabled(create_graph):
-            # the cotangent of F at fixed weights
-            outputs, grad_outputs = [cdf], [w * (inv_c * r).unsqueeze(-2)]
+            outputs, grad_outputs = [cdf], [w * (inv_c * r.unsqueeze(1))]
         if g_excl is not None:
             outputs.append(log_q)
-            grad_outputs.append(g_excl.movedim(0, -1))
+            grad_outputs.append(g_excl)
         with torch.enable_grad():
             partials = iter(
                 torch.autograd.grad(
                     outputs, wanted, grad_outputs, create_graph=create_graph, allow_unused=True
                 )
             )
-    grads = [g_total if needs[0] else None]
-    for p, q, need in zip(component, per_dim, needs[1:], strict=True):
+    for need in needs[1:]:
         g = next(partials) if need else None
-        # summed over the draws, and back from the per-dimension layout of univariate components
-        grads.append(None if g is None else g.sum_to_size(q.shape).reshape(p.shape))
+        if g is not None:
+            g = _from_d_major(g, num_sample)  # [B..., K, D]
+            g = g if multivariate else g.squeeze(-1)
+        grads.append(g)
     return grads
 
 
-def _location_scale_vjp(x, loc, scale, needs, r, w_next, b, g_excl, inplace):
-    r"""The gradients of ``loc`` and ``scale`` (``[..., K, D]``, to be summed) for a
-    location-scale family: with :math:`x = (z - loc)/scale`, :math:`\partial F/\partial loc = -q`,
-    :math:`\partial F/\partial scale = -x q`, :math:`\partial \log q/\partial loc = -b` and
-    :math:`\partial \log q/\partial scale = -x b - 1/scale`; the cotangent of :math:`F_k(z_d)`
-    times :math:`q_k(z_d)` is :math:`w_{kd} \bar y_d q_k(z_d) = w_{k,d+1} r_d`. ``b`` and
-    ``g_excl`` (:math:`G` before each step) have d leading, as the recursion leaves them."""
-    h = w_next * r.unsqueeze(-2)  # [..., K, D]
-    g_loc = g_scale = None
-    if needs[0]:
-        g_loc = -h.sum_to_size(loc.shape)
-    if needs[1]:
-        # (loc - x) h / scale, summed before the division by the parameter-shaped scale
-        g_scale = (torch.sub(loc, x).mul_(h) if inplace else (loc - x) * h).sum_to_size(scale.shape)
+def _location_scale_vjp(x, loc, scale, needs, r, w_next, b, g_excl, spare=None):
+    r"""The gradients of ``loc`` and ``scale`` (``[D, K, S..., B...]``, to be summed over the
+    draws) for a location-scale family, from the value ``x`` ``[D, 1, S..., B...]``: with
+    :math:`\xi = (x - loc)/scale`, :math:`\partial F/\partial loc = -q`,
+    :math:`\partial F/\partial scale = -\xi q`, :math:`\partial \log q/\partial loc = -b` and
+    :math:`\partial \log q/\partial scale = -\xi b - 1/scale`. The cotangent of
+    :math:`F_k(z_d)` times :math:`q_k(z_d)` is :math:`w_{kd} \bar y_d q_k(z_d) = w_{k,d+1} r_d`
+    and that of :math:`\log q_k(z_d)` is :math:`G_k` before step :math:`d` (0 at the last), so
+    both partials are sums of :math:`h = w_{k,d+1} r_d + G_k b_{kd}`. ``spare``: two free
+    tensors of that shape, for an in-place computation (no graph) that may overwrite ``b``
+    and ``g_excl``."""
+    if spare is None:
+        h = w_next * r.unsqueeze(1)  # [D, K, S..., B...]
+        if g_excl is not None:
+            h = torch.cat([h[:-1] + b[:-1] * g_excl[:-1], h[-1:]])
+        g_scale = ((loc - x) * h - (0 if g_excl is None else g_excl)) / scale if needs[1] else None
+        return -h if needs[0] else None, g_scale
+    h = torch.mul(w_next, r.unsqueeze(1), out=spare[0])
     if g_excl is not None:
-        # The terms in G_k b_kd (d < D-1; G = 0 at the last step) are summed with d leading, the
-        # layout of G, and then turned back: [..., K, D-1] plus a column of zeros.
-        gb = b.mul_(g_excl[:-1]) if inplace else g_excl[:-1] * b  # [D-1, ..., K]
-
-        def leading(p):  # [..., K, D] as [D-1, 1 per dimension of the draws, ..., K]
-            # small; contiguous, so that the results of [D-1, ..., K] are too (for speed)
-            p = p.movedim(-1, 0)[:-1].contiguous()
-            return p[(slice(None),) + (None,) * (gb.dim() - p.dim())]
-
-        def summed(t):
-            return nnf.pad(t.sum_to_size(leading(loc).shape).movedim(0, -1), (0, 1))
-
-        if needs[0]:
-            g_loc = g_loc - summed(gb).sum_to_size(loc.shape)
-        if needs[1]:
-            dx = leading(loc) - x.movedim(-1, 0)[:-1].contiguous()  # [D-1, ..., K]
-            dx = dx.mul_(gb).sub_(g_excl[:-1]) if inplace else dx * gb - g_excl[:-1]
-            g_scale = g_scale + summed(dx).sum_to_size(scale.shape)
-    return g_loc, None if g_scale is None else g_scale / scale
+        h[:-1].addcmul_(b[:-1], g_excl[:-1])
+    g_scale = None
+    if needs[1]:  # ((loc - x) h - G) / scale
+        g_scale = torch.sub(loc, x, out=spare[1]).mul_(h)
+        g_scale = (g_scale if g_excl is None else g_scale.sub_(g_excl)).div_(scale)
+    return h.neg_() if needs[0] else None, g_scale
 
 
-def _weights(logits, log_q, inplace):
-    r""":math:`w_{kd}` for :math:`d = 0, \dots, D` ``[..., K, D+1]`` and :math:`1/c_d`
-    ``[..., D]``, with :math:`c_d = \sum_k w_{kd} q_k(z_d)`."""
-    log_pi = torch.log_softmax(logits, dim=-1).unsqueeze(-1)  # [..., K, 1]
-    # log pi_k + sum_{j<d} log q_k(z_j), the cumsum padded (not a difference of cumsums, which
-    # cancels for far components), minus its maximum over k: a softmax that keeps its normalizer
-    if inplace:
-        joint = log_q.new_empty(*log_q.shape[:-1], log_q.shape[-1] + 1)  # [..., K, D+1]
-        joint[..., 0] = 0
-        torch.cumsum(log_q, dim=-1, out=joint[..., 1:])
-        joint = joint.add_(log_pi)
+def _weights(log_pi, log_q, joint=None):
+    r""":math:`w_{kd}` for :math:`d = 0, \dots, D` ``[D+1, K, ...]`` and :math:`1/c_d`
+    ``[D, 1, ...]``, with :math:`c_d = \sum_k w_{kd} q_k(z_d)`, from :math:`\log \pi`
+    ``[1, K, ...]`` and :math:`\log q` ``[D, K, ...]``. With ``joint``, a buffer
+    ``[D+1, K, ...]`` holding :math:`\log q` in its rows ``1:``, in place (no graph)."""
+    # log pi_k + sum_{j<d} log q_k(z_j), a running sum (not a difference of sums, which cancels
+    # for far components), minus its maximum over k: a softmax that keeps its normalizer
+    inplace = joint is not None
+    if inplace:  # a loop of slices: torch.cumsum along the leading axis is several times slower
+        joint[0] = log_pi[0]
+        rows = joint.unbind(0)
+        for previous, row in zip(rows[:-1], rows[1:], strict=True):
+            row += previous
     else:
-        joint = log_pi + nnf.pad(torch.cumsum(log_q, dim=-1), (1, 0))
-    top = joint.detach().amax(-2, keepdim=True)  # [..., 1, D+1]
+        joint = torch.cat([log_pi.expand_as(log_q[:1]), log_q]).cumsum(0)
+    top = joint.detach().amax(1, keepdim=True)  # [D+1, 1, ...]
     e = _exp_flushed(joint.sub_(top) if inplace else joint - top, inplace)
-    total = e.sum(-2, keepdim=True)
-    norm = top + torch.log(total)  # log sum_k pi_k prod_{j<d} q_k(z_j), [..., 1, D+1]
+    total = e.sum(1, keepdim=True)
+    norm = top + torch.log(total)  # log sum_k pi_k prod_{j<d} q_k(z_j), [D+1, 1, ...]
     # c_d = exp(norm_{d+1} - norm_d)
-    inv_c = torch.exp(norm[..., :-1] - norm[..., 1:]).squeeze(-2)
+    inv_c = torch.exp(norm[:-1] - norm[1:])
     return (e.div_(total) if inplace else e / total), inv_c
 
 
@@ -380,28 +407,26 @@ def _exp_flushed(x, inplace):
     return nnf.threshold(torch.exp(x.clamp(min=cut)), 2 * math.exp(cut), 0.0)
 
 
-def _recursion(a, b, r, inplace):
+def _recursion(a, b, r, g=None):
     r"""The backward recursion over :math:`d = D-1, \dots, 0`, on :math:`r_d = c_d \bar y_d`:
     :math:`r_d = -\bar z_d - \sum_k b_{kd} G_k`, then :math:`G_k \mathrel{+}= (a_{kd}/c_d)\,
-    r_d`, from ``a`` :math:`= a/c` ``[D, ..., K]`` and ``b`` ``[D-1, ..., K]`` (d leading) and
-    ``r`` :math:`= -\bar z` ``[..., D]``. Returns :math:`r` ``[..., D]``, :math:`G` before each
-    step ``[D, ..., K]`` and the final :math:`G` ``[..., K]``."""
+    r_d`, from ``a`` :math:`= a/c` and ``b`` ``[D, K, ...]`` and ``r`` :math:`= -\bar z`
+    ``[D, ...]``. Returns :math:`r`, :math:`G` before each step ``[D, K, ...]`` and the final
+    :math:`G` ``[K, ...]``. With ``g``, a buffer of the shape of ``a``, in place (no graph)."""
     num_dims = a.shape[0]
-    r = r.movedim(-1, 0).contiguous()  # [D, ...]
-    if inplace:  # g[d + 1] is G before step d, g[0] the final G
-        g = a.new_zeros(num_dims + 1, *a.shape[1:])  # [D+1, ..., K]
-        torch.mul(a[-1], r[-1].unsqueeze(-1), out=g[-2])
+    if g is not None:
+        g[-1].zero_()
+        # the rows as views made once: indexing in the loop costs as much as the arithmetic
+        a_, b_, r_, g_ = (t.unbind(0) for t in (a, b, r, g))
         for d in reversed(range(num_dims - 1)):
-            r[d] -= torch.linalg.vecdot(b[d], g[d + 1])
-            torch.addcmul(g[d + 1], a[d], r[d].unsqueeze(-1), out=g[d])
-        g_excl, g_total = g[1:], g[0]
-    else:  # differentiable, for second derivatives
-        running = a[-1] * r[-1].unsqueeze(-1)
-        rs, gs = [r[-1]], [torch.zeros_like(running)]
-        for d in reversed(range(num_dims - 1)):
-            r_d = r[d] - (b[d] * running).sum(-1)
-            rs.append(r_d)
-            gs.append(running)
-            running = running + a[d] * r_d.unsqueeze(-1)
-        r, g_excl, g_total = torch.stack(rs[::-1]), torch.stack(gs[::-1]), running
-    return r.movedim(0, -1).contiguous(), g_excl, g_total
+            torch.addcmul(g_[d + 1], a_[d + 1], r_[d + 1], out=g_[d])
+            r_[d].sub_(torch.linalg.vecdot(b_[d], g_[d], dim=0))
+        return r, g, torch.addcmul(g[0], a[0], r[0])
+    # differentiable, for second derivatives
+    running = torch.zeros_like(a[-1])
+    rs, gs = [r[-1]], [running]
+    for d in reversed(range(num_dims - 1)):
+        running = running + a[d + 1] * rs[-1]
+        rs.append(r[d] - (b[d] * running).sum(0))
+        gs.append(running)
+    return torch.stack(rs[::-1]), torch.stack(gs[::-1]), running + a[0] * rs[-1]
