@@ -58,6 +58,7 @@ __all__ = [
     "cdf",
     "cdf_pair",
     "check_base",
+    "location_scale",
     "log_cdf_pair",
     "log_prob",
     "parameters",
@@ -252,6 +253,22 @@ def cdf_pair(dist, value):
         return jnp.where(negative, small, 1 - small), jnp.where(negative, 1 - small, small)
     log_f, log_s = log_cdf_pair(dist, value)
     return jnp.exp(log_f), jnp.exp(log_s)
+
+
+# The families whose CDF is F0((v - loc) / scale) with F0 free of parameters, and whose
+# parameters are exactly (loc, scale).
+_LOCATION_SCALE = (Normal, Laplace, Cauchy, Logistic, Gumbel)
+
+
+def location_scale(dist):
+    r"""For a location-scale family parametrized by ``(loc, scale)`` alone, the positions of
+    ``loc`` and ``scale`` in :func:`parameters`; else ``None``. Then
+    :math:`\partial F/\partial\mathrm{loc} = -q` and :math:`\partial F/\partial\mathrm{scale}
+    = -x q` with :math:`x = (v - loc)/scale`."""
+    if not isinstance(dist, _LOCATION_SCALE):
+        return None
+    fields = type(dist).gather_pytree_data_fields()
+    return fields.index("loc"), fields.index("scale")
 
 
 def log_prob(dist, value):

@@ -201,9 +201,10 @@ class MixtureSameFamily(_NumPyroMixtureSameFamily):
             logits = lax.stop_gradient(logits)
 
         batch = tuple(base.batch_shape)
+        location_scale = base_cdf.location_scale(base)
 
         def jvp(z, params, dots):
-            return _tangent(z, params, dots, treedef, batch, multivariate)
+            return _tangent(z, params, dots, treedef, batch, multivariate, location_scale)
 
         return implicit_reparameterize(z, (logits, *leaves), jvp=jvp)
 
@@ -337,11 +338,13 @@ def _k_major(t, sample_ndim):
     return t.reshape(t.shape[:1] + (1,) * sample_ndim + t.shape[1:])
 
 
-def _tangent(z, params, dots, treedef, batch, multivariate):
+def _tangent(z, params, dots, treedef, batch, multivariate, location_scale=None):
     r""":math:`\dot z = -J^{-1}\dot S` in O(DK) (module docstring): one scan over :math:`d`
     whose step does all the work of dimension :math:`d` on ``[K, sample..., batch...]``
     slices, which stay in cache; in reverse mode JAX splits it into a forward scan of the
-    coefficients and the transposed scan of the tangents."""
+    coefficients and the transposed scan of the tangents. ``location_scale``: the positions of
+    ``(loc, scale)`` among the leaves of a location-scale family (:func:`base_cdf.location_scale`),
+    whose partials then have a closed form."""
     logits, *leaves = params
     logits_dot, *leaf_dots = dots
     sample_ndim = jnp.ndim(z) - (len(batch) - 1)
@@ -382,14 +385,29 @@ def _tangent(z, params, dots, treedef, batch, multivariate):
         # S-dot_d = sum_k [w_k F-dot_k + a_k (log-pi-dot_k + t_k)], t including earlier z_j.
         s_dot = a * t if logits_dot is None else a * (t + logits_dot)
         t_next = t
-        for i, dot in zip(free, dots_d, strict=True):  # elementwise partials in parameter i
-            _, (d_log_q, (d_cdf, _)) = jax.jvp(
-                lambda leaf, i=i: terms(*leaves_d[:i], leaf, *leaves_d[i + 1 :]),
-                (leaves_d[i],),
-                (jnp.ones_like(leaves_d[i]),),
-            )
-            s_dot = s_dot + (w * d_cdf) * dot
-            t_next = t_next + jnp.where(finite, d_log_q, 0.0) * dot
+        if location_scale is not None:
+            # With xi = (z - loc)/scale: F-dot = -q u and log-q-dot = -b u - scale-dot/scale,
+            # where u = loc-dot + xi scale-dot moves z_d in units of z.
+            tangent = dict(zip(free, dots_d, strict=True))
+            i_loc, i_scale = location_scale
+            loc_dot, scale_dot = tangent.get(i_loc), tangent.get(i_scale)
+            u = 0.0 if loc_dot is None else loc_dot
+            if scale_dot is not None:
+                scale = leaves_d[i_scale]
+                u = u + (x_d - leaves_d[i_loc]) / scale * scale_dot
+                t_next = t_next - scale_dot / scale
+            if loc_dot is not None or scale_dot is not None:
+                s_dot = s_dot - jnp.exp(log_joint) * u
+                t_next = t_next - b * u
+        else:
+            for i, dot in zip(free, dots_d, strict=True):  # elementwise partials in parameter i
+                _, (d_log_q, (d_cdf, _)) = jax.jvp(
+                    lambda leaf, i=i: terms(*leaves_d[:i], leaf, *leaves_d[i + 1 :]),
+                    (leaves_d[i],),
+                    (jnp.ones_like(leaves_d[i]),),
+                )
+                s_dot = s_dot + (w * d_cdf) * dot
+                t_next = t_next + jnp.where(finite, d_log_q, 0.0) * dot
         z_dot_d = -jnp.sum(s_dot, axis=0) * jnp.exp(-log_c)
         return (log_joint - log_c, t_next + b * z_dot_d), z_dot_d
 
