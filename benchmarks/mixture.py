@@ -11,8 +11,9 @@ device) and JAX (``numpyro_implicit``, on JAX's default backend), in float32.
   functions are ``jax.jit(jax.grad(...))``; each call waits for its result. After two warm-up
   calls each, the implementations take turns, ``repeats`` rounds of ``BLOCK`` calls each, and
   the median call is reported. This package's JAX call is slower here than timed alone
-  (n = 2048: 13-16 ms against 9-10 ms): TFP's calls, which build a D x D Jacobian per draw,
-  churn the caches and memory that the next call then refills.
+  (n = 2048: 11-15 ms against 8.5-10 ms): each of TFP's calls, which build a D x D Jacobian
+  per draw, touches about 1.6 GB of fresh memory (420,000 page faults), and the calls that
+  follow it run slower, now and then ten times slower.
 * :func:`scaling`: the same measurement for ``D`` from 4 to 1024 (``n = 512``), for the plot
   (TFP up to ``D = 64``: beyond, its dense per-draw Jacobian takes tens of seconds per call).
 * :func:`gradient_variance`: per-draw gradients of ``|z|^2`` with respect to the locations and
