@@ -38,6 +38,7 @@ from numpyro.distributions import (
     CategoricalLogits,
     CategoricalProbs,
     Distribution,
+    ExpandedDistribution,
     Independent,
     constraints,
 )
@@ -96,6 +97,7 @@ class MixtureSameFamily(_NumPyroMixtureSameFamily):
             raise ValueError(
                 f"MixtureSameFamily: `weights` must be one of {_WEIGHT_ESTIMATORS}, got {weights!r}"
             )
+        component_distribution = _unexpanded(component_distribution)
         _univariate_base(component_distribution)  # TypeError for unsupported components
         self.weights = weights
         if _parameter_free(component_distribution.support):
@@ -298,13 +300,11 @@ def _univariate_base(component):
 def _select_component(base, indices, multivariate):
     """``base`` with its mixture axis replaced by the components ``indices`` (sample and batch
     shape) select, or ``None`` unless ``base`` is a flat NumPyro pytree of batch-shaped arrays."""
-    data, aux = base.tree_flatten()
     batch = tuple(base.batch_shape)
-    axis = len(batch) - (2 if multivariate else 1)  # the mixture axis of the base's batch
-    try:
-        data = [jnp.broadcast_to(jnp.asarray(leaf), batch) for leaf in data]
-    except (TypeError, ValueError):  # None, a nested distribution, or a non-batch array
+    data = _batch_leaves(base, batch)
+    if data is None:  # None, a nested distribution, or a non-batch array
         return None
+    axis = len(batch) - (2 if multivariate else 1)  # the mixture axis of the base's batch
     shape = indices.shape[: indices.ndim - axis] + batch
     index = indices.reshape(indices.shape + (1,) * (len(batch) - axis))
     data = [
@@ -314,10 +314,52 @@ def _select_component(base, indices, multivariate):
         )
         for leaf in data
     ]
-    fields = type(base).gather_pytree_aux_fields()
+    return _with_leaves(base, data, data[0].shape if data else ())
+
+
+def _batch_leaves(dist, shape):
+    """The pytree data of ``dist`` broadcast to ``shape``, or ``None`` if it is not all arrays
+    broadcastable to it."""
+    data, _ = dist.tree_flatten()
+    try:
+        return [jnp.broadcast_to(jnp.asarray(leaf), shape) for leaf in data]
+    except (TypeError, ValueError):
+        return None
+
+
+def _with_leaves(dist, data, batch_shape):
+    """A distribution of the type of ``dist`` with pytree data ``data`` and ``batch_shape``."""
+    _, aux = dist.tree_flatten()
     aux = list(aux)
-    aux[fields.index("_batch_shape")] = data[0].shape if data else ()
-    return type(base).tree_unflatten(tuple(aux), tuple(data))
+    aux[type(dist).gather_pytree_aux_fields().index("_batch_shape")] = tuple(batch_shape)
+    return type(dist).tree_unflatten(tuple(aux), tuple(data))
+
+
+def _unexpanded(component):
+    """``component`` with NumPyro's ``ExpandedDistribution`` (what ``.expand`` makes of a
+    distribution) replaced by the distribution it wraps, its parameters broadcast to the
+    expanded batch shape, so that the family (its CDF and parameters) is seen; ``component``
+    itself where the parameters are not plain arrays."""
+    if isinstance(component, Independent):
+        base = _unexpanded(component.base_dist)
+        if base is component.base_dist:
+            return component
+        return Independent(base, component.reinterpreted_batch_ndims)
+    if not isinstance(component, ExpandedDistribution):
+        return component
+    inner = _unexpanded(component.base_dist)
+    shape = tuple(component.batch_shape)
+    if isinstance(inner, Independent):  # the wrapped batch is the expanded one, then the event
+        base, shape = inner.base_dist, shape + tuple(inner.event_shape)
+    else:
+        base = inner
+    data = _batch_leaves(base, shape)
+    if data is None:
+        return component
+    base = _with_leaves(base, data, shape)
+    if isinstance(inner, Independent):
+        return Independent(base, inner.reinterpreted_batch_ndims)
+    return base
 
 
 def _d_major(t, batch, sample_ndim, multivariate):

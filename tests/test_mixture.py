@@ -750,3 +750,56 @@ def test_truncated_components_with_different_supports():
         # one-sided, as the components: an unconstrained parameter maps into it, finitely
         assert np.all(np.isfinite(np.asarray(biject_to(mix.support)(to_array([-5.0, 0.0, 5.0])))))
         assert np.allclose(np.asarray(mix.log_prob(to_array(x))), ref, rtol=1e-6)
+
+
+def test_expanded_components():
+    """Components made with ``.expand`` (NumPyro wraps them in an ``ExpandedDistribution``) give
+    the gradients and densities of the same components with broadcast parameters, in both
+    hosts, and the hosts agree."""
+    import jax
+    import jax.numpy as jnp
+    import numpyro.distributions as ndist
+    import pyro.distributions as pdist
+    import torch
+
+    import numpyro_implicit
+    import pyro_implicit
+
+    jax.config.update("jax_enable_x64", True)  # as tests/backends.py does
+    rng = np.random.default_rng(3)
+    logits, loc, scale = rng.normal(size=3), rng.normal(size=3), 0.5 + rng.random(3)
+    z = rng.normal(size=(2, 4))  # two draws of a K = 3, D = 4 mixture
+
+    def torch_run(expanded):
+        params = [torch.tensor(p, requires_grad=True) for p in (logits, loc, scale)]
+        lg, lc, sc = params
+        if expanded:
+            component = pdist.Normal(lc[:, None], sc[:, None]).expand([3, 4])
+        else:
+            component = pdist.Normal(lc[:, None].expand(3, 4), sc[:, None].expand(3, 4))
+        mix = pyro_implicit.MixtureSameFamily(pdist.Categorical(logits=lg), component.to_event(1))
+        value = mix._reparameterize(torch.tensor(z))
+        loss = (value**2).sum() + mix.log_prob(torch.tensor(z)).sum()
+        return [g.numpy() for g in torch.autograd.grad(loss, params)]
+
+    def jax_run(expanded):
+        def loss(lg, lc, sc):
+            if expanded:
+                component = ndist.Normal(lc[:, None], sc[:, None]).expand([3, 4])
+            else:
+                component = ndist.Normal(
+                    jnp.broadcast_to(lc[:, None], (3, 4)), jnp.broadcast_to(sc[:, None], (3, 4))
+                )
+            mix = numpyro_implicit.MixtureSameFamily(
+                ndist.Categorical(logits=lg), component.to_event(1)
+            )
+            value = mix._reparameterize(jnp.asarray(z))
+            return jnp.sum(value**2) + jnp.sum(mix.log_prob(jnp.asarray(z)))
+
+        args = [jnp.asarray(p, jnp.float64) for p in (logits, loc, scale)]
+        return [np.asarray(g) for g in jax.grad(loss, argnums=(0, 1, 2))(*args)]
+
+    results = [run(expanded) for run in (torch_run, jax_run) for expanded in (True, False)]
+    for other in results[1:]:
+        for a, b in zip(results[0], other, strict=True):
+            assert np.allclose(a, b, rtol=1e-10, atol=1e-12)
