@@ -29,6 +29,7 @@ univariate mixture is the case :math:`D = 1`, where :math:`\dot z = -\dot F/q(z)
 
 from __future__ import annotations
 
+import copy
 import math
 
 import jax
@@ -153,17 +154,11 @@ class MixtureSameFamily(_NumPyroMixtureSameFamily):
 
     def component_log_probs(self, value):
         # Truncated components with different supports: a value may lie outside some of them,
-        # where their density is 0, not a warning (the value is checked against the hull).
-        component = self.component_distribution
-        layers = [component, getattr(component, "base_dist", component)]
-        saved = [layer._validate_args for layer in layers]
-        try:
-            for layer in layers:
-                layer._validate_args = False
-            return super().component_log_probs(value)
-        finally:
-            for layer, flag in zip(layers, saved, strict=True):
-                layer._validate_args = flag
+        # where their density is 0, not a warning (the value is checked against the hull):
+        # the host's method, on a copy whose components do not validate.
+        mixture = copy.copy(self)
+        mixture._component_distribution = _unvalidated(self.component_distribution)
+        return super(MixtureSameFamily, mixture).component_log_probs(value)
 
     @property
     def has_rsample(self) -> bool:
@@ -276,6 +271,16 @@ def _parameter_free(support):
     while isinstance(support, constraints._IndependentConstraint):
         support = support.base_constraint
     return isinstance(support, constraints.ParameterFreeConstraint)
+
+
+def _unvalidated(dist):
+    """A shallow copy of ``dist`` (and of the distribution an ``Independent`` wraps) that does
+    not validate its arguments."""
+    dist = copy.copy(dist)
+    dist._validate_args = False
+    if isinstance(dist, Independent):
+        dist.base_dist = _unvalidated(dist.base_dist)
+    return dist
 
 
 def _univariate_base(component):

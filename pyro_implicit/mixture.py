@@ -33,6 +33,7 @@ location-scale families, autograd for the others. A univariate mixture is the ca
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -126,17 +127,11 @@ class MixtureSameFamily(_PyroMixtureSameFamily):
 
     def log_prob(self, value):
         # Truncated components with different supports: a value may lie outside some of them,
-        # where their density is 0, not an error (the value is checked against the hull above).
-        component = self.component_distribution
-        layers = [component, getattr(component, "base_dist", component)]
-        saved = [layer._validate_args for layer in layers]
-        try:
-            for layer in layers:
-                layer._validate_args = False
-            return super().log_prob(value)
-        finally:
-            for layer, flag in zip(layers, saved, strict=True):
-                layer._validate_args = flag
+        # where their density is 0, not an error (the value is checked against the hull above):
+        # the host's log_prob, on a copy whose components do not validate.
+        mixture = copy.copy(self)
+        mixture._component_distribution = _unvalidated(self.component_distribution)
+        return super(MixtureSameFamily, mixture).log_prob(value)
 
     def rsample(self, sample_shape=_NO_SHAPE):
         return self._reparameterize(self.sample(sample_shape))
@@ -174,6 +169,16 @@ class MixtureSameFamily(_PyroMixtureSameFamily):
 
 def _missing(bound):
     return isinstance(bound, float) and math.isinf(bound)
+
+
+def _unvalidated(dist):
+    """A shallow copy of ``dist`` (and of the distribution an ``Independent`` wraps) that does
+    not validate its arguments."""
+    dist = copy.copy(dist)
+    dist._validate_args = False
+    if isinstance(dist, Independent):
+        dist.base_dist = _unvalidated(dist.base_dist)
+    return dist
 
 
 def _univariate_base(component):
