@@ -123,29 +123,29 @@ def _lognormal(dist, v):
     return log_ndtr(x), log_ndtr(-x)
 
 
-def _normal_tails(x):
+def _normal_tails(x, sf=None):
     r""":math:`(\Phi(x), 1 - \Phi(x))`, each from its own ``erfc``, accurate where it is small
     (``torch.special.ndtr`` has no relative accuracy below 0). Without autograd, ``x`` (a
-    temporary of the caller's) is overwritten by the first."""
+    temporary of the caller's) is overwritten by the first, and the second is written into
+    ``sf`` if given."""
     if torch.is_grad_enabled():
         return 0.5 * torch.special.erfc(x * -_SQRT_HALF), 0.5 * torch.special.erfc(x * _SQRT_HALF)
-    sf = (x * _SQRT_HALF).erfc_().mul_(0.5)
+    sf = torch.mul(x, _SQRT_HALF, out=sf).erfc_().mul_(0.5)
     return x.mul_(-_SQRT_HALF).erfc_().mul_(0.5), sf
 
 
 def _normal_terms(dist, v, score, out):
-    """:func:`terms` of a Normal, from one standardized value; without autograd, into ``out``."""
+    """:func:`terms` of a Normal, from one standardized value; without autograd, into ``out``
+    (four tensors or ``None``)."""
     loc, scale = dist.loc, dist.scale
+    log_q, cdf, sf, d = out
     if torch.is_grad_enabled():
         x = (v - loc) / scale
-        log_q = torch.addcmul(-(torch.log(scale) + _HALF_LOG_2PI), x, x, value=-0.5)
-        return (log_q, *_normal_tails(x), x / -scale if score else None)
-    log_q, cdf, sf, d = out
-    x = torch.sub(v, loc, out=cdf).div_(scale)
+    else:
+        x = torch.sub(v, loc, out=cdf).div_(scale)
     log_q = torch.addcmul(-(torch.log(scale) + _HALF_LOG_2PI), x, x, value=-0.5, out=log_q)
     d = torch.div(x, -scale, out=d) if score else None
-    sf = torch.mul(x, _SQRT_HALF, out=sf).erfc_().mul_(0.5)
-    return log_q, x.mul_(-_SQRT_HALF).erfc_().mul_(0.5), sf, d
+    return (log_q, *_normal_tails(x, sf), d)
 
 
 def _normal_linear(dist, v):

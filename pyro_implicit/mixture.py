@@ -274,8 +274,7 @@ def _sequential_vjp(base, multivariate, z, params, grad_z, needs):
         # and three [D, K, ...] blocks, each reused in place. On CPU, fresh memory costs page
         # faults, measured as half the time of this pass; glibc's malloc keeps one large block
         # for the next call (up to 32 MB), where it returns several smaller ones to the system.
-        workspace = joint = None
-        out = None
+        joint = out = None
         if inplace and closed_form:
             workspace = x.new_empty((4 * num_dims + 1, shape[-2], *z.shape[:-1]))
             joint, *blocks = workspace.split([num_dims + 1] + [num_dims] * 3)
@@ -297,7 +296,7 @@ def _sequential_vjp(base, multivariate, z, params, grad_z, needs):
         w, w_next = weights[:-1], weights[1:]  # w_kd and w_k,d+1
         # a_kd / c_d, with F_k - S_d from whichever tail is small, so that the difference does
         # not cancel: lerp with weights 0 and 1 selects exactly, and faster than torch.where
-        if workspace is not None:  # w (F - S) and w (S' - F') in the memory of F and S' = 1 - F
+        if out is not None:  # w (F - S) and w (S' - F') in the memory of F and S' = 1 - F
             lower = cdf.mul_(w).sum(1, keepdim=True)  # S_d, [D, 1, ...]
             upper = sf.mul_(w).sum(1, keepdim=True)
             large = (lower > 0.5).to(w.dtype)
@@ -317,7 +316,7 @@ def _sequential_vjp(base, multivariate, z, params, grad_z, needs):
             # is exactly 0, so b there, the NaN or inf of differentiating log 0, may be 0.
             b = (b.nan_to_num_ if inplace else b.nan_to_num)(nan=0.0, posinf=0.0, neginf=0.0)
             # G before each step, [D, K, ...]: in the memory of S' if that is free
-            g_excl = None if create_graph else sf if workspace is not None else torch.empty_like(a)
+            g_excl = None if create_graph else sf if out is not None else torch.empty_like(a)
             r, g_excl, g_total = _recursion(a, b, r, g_excl)
     grads = [_from_d_major(g_total.unsqueeze(0), num_sample).squeeze(-1) if needs[0] else None]
     wanted = [p for p, need in zip(per_dim, needs[1:], strict=True) if need]
@@ -326,7 +325,7 @@ def _sequential_vjp(base, multivariate, z, params, grad_z, needs):
     elif closed_form:
         with torch.set_grad_enabled(create_graph):
             # a and the memory of b are free now
-            spare = None if workspace is None else (a, out[3])
+            spare = None if out is None else (a, out[3])
             partials = _location_scale_vjp(x, *per_dim, needs[1:], r, w_next, b, g_excl, spare)
         partials = iter([g for g in partials if g is not None])
     else:
