@@ -18,8 +18,9 @@ A *base* is a univariate continuous :class:`torch.distributions.Distribution` (`
 :func:`log_cdf_pair` returns :math:`(\log F(v), \log S(v))` with :math:`S = 1 - F`, each
 accurate in its own tail; values outside the support give :math:`(-\infty, 0)` or
 :math:`(0, -\infty)` with zero (not NaN) gradients. :func:`cdf_pair` is the same pair in linear
-space; :func:`terms` gathers what an implicit gradient needs per element (log-density, CDF pair,
-derivative of the log-density), sharing work where a closed form allows.
+space, and :func:`signed_tail` one of the two, chosen per element (cheaper for a Normal);
+:func:`terms` gathers the log-density and its derivative in the value, sharing work where a
+closed form allows.
 :func:`log_prob` is the host's log-density, except for ``Cauchy`` and ``StudentT``, where it is
 formed without overflow far in the float32 tails. Second derivatives are not supported for the
 Gamma and Student t CDFs (their shape derivatives are carried through iterations, once).
@@ -63,6 +64,7 @@ __all__ = [
     "log_prob",
     "parameters",
     "rebuild",
+    "signed_tail",
     "support_bounds",
     "terms",
 ]
@@ -123,29 +125,35 @@ def _lognormal(dist, v):
     return log_ndtr(x), log_ndtr(-x)
 
 
-def _normal_tails(x, sf=None):
+def _normal_tails(x):
     r""":math:`(\Phi(x), 1 - \Phi(x))`, each from its own ``erfc``, accurate where it is small
-    (``torch.special.ndtr`` has no relative accuracy below 0). Without autograd, ``x`` (a
-    temporary of the caller's) is overwritten by the first, and the second is written into
-    ``sf`` if given."""
-    if torch.is_grad_enabled():
-        return 0.5 * torch.special.erfc(x * -_SQRT_HALF), 0.5 * torch.special.erfc(x * _SQRT_HALF)
-    sf = torch.mul(x, _SQRT_HALF, out=sf).erfc_().mul_(0.5)
-    return x.mul_(-_SQRT_HALF).erfc_().mul_(0.5), sf
+    (``torch.special.ndtr`` has no relative accuracy below 0)."""
+    return 0.5 * torch.special.erfc(x * -_SQRT_HALF), 0.5 * torch.special.erfc(x * _SQRT_HALF)
 
 
 def _normal_terms(dist, v, score, out):
     """:func:`terms` of a Normal, from one standardized value; without autograd, into ``out``
-    (four tensors or ``None``)."""
+    (two tensors or ``None``)."""
     loc, scale = dist.loc, dist.scale
-    log_q, cdf, sf, d = out
+    log_q, d = out
     if torch.is_grad_enabled():
         x = (v - loc) / scale
-    else:
-        x = torch.sub(v, loc, out=cdf).div_(scale)
+    else:  # the standardized value in the memory of the score, which overwrites it
+        x = torch.sub(v, loc, out=d).div_(scale)
     log_q = torch.addcmul(-(torch.log(scale) + _HALF_LOG_2PI), x, x, value=-0.5, out=log_q)
-    d = torch.div(x, -scale, out=d) if score else None
-    return (log_q, *_normal_tails(x, sf), d)
+    return log_q, (torch.div(x, -scale, out=d) if score else None)
+
+
+def _normal_signed_tail(dist, v, upper, out):
+    r""":func:`signed_tail` of a Normal, :math:`-\tfrac{s}{2}\operatorname{erfc}(s x/\sqrt 2)`
+    with :math:`s = 2\,\mathrm{upper} - 1 = \pm 1`: one ``erfc``; without autograd, into
+    ``out``, overwriting ``upper``."""
+    if torch.is_grad_enabled():
+        sign = 2 * upper - 1
+        return torch.special.erfc(_standard(dist, v) * (sign * _SQRT_HALF)) * (sign * -0.5)
+    sign = upper.mul_(2 * _SQRT_HALF).sub_(_SQRT_HALF)  # s / sqrt(2)
+    x = torch.sub(v, dist.loc, out=out).div_(dist.scale).mul_(sign).erfc_()
+    return x.mul_(sign.mul_(-_SQRT_HALF))  # times -s / 2
 
 
 def _normal_linear(dist, v):
@@ -323,21 +331,27 @@ def is_location_scale(dist) -> bool:
     return isinstance(dist, _LOCATION_SCALE)
 
 
+def _all_finite(value):
+    """Whether no element of ``value`` is infinite or NaN, from their sum (no temporary of the
+    size of ``value``); a sum that overflows answers no, which is safe for the callers here."""
+    return bool(torch.isfinite(value.sum()))
+
+
 def terms(dist, value, *, score=False, create_graph=False, out=None):
     r"""The per-element terms of an implicit gradient at ``value``, each of the broadcast shape
-    of ``value`` and the batch of ``dist``: ``(log q, F, 1 - F, d/dv log q)``, i.e.
-    :func:`log_prob`, :func:`cdf_pair` and, if ``score``, the derivative of the log-density in
-    the value (else ``None``). A Normal has them in closed form from one standardized value;
-    other families differentiate :func:`log_prob` by autograd, with ``create_graph`` for
-    higher derivatives. ``out``: four tensors of that shape to hold the results, without
-    autograd (to spare the allocations of a caller that reuses its memory)."""
+    of ``value`` and the batch of ``dist``: ``(log q, d/dv log q)``, i.e. :func:`log_prob` and,
+    if ``score``, the derivative of the log-density in the value (else ``None``). A Normal has
+    them in closed form from one standardized value; other families differentiate
+    :func:`log_prob` by autograd, with ``create_graph`` for higher derivatives. ``out``: two
+    tensors of that shape to hold the results, without autograd (to spare the allocations of a
+    caller that reuses its memory)."""
     value = torch.as_tensor(value)
     if out is None:
-        out = (None,) * 4
-    if isinstance(dist, Normal) and bool(torch.isfinite(value).all()):
+        out = (None, None)
+    if isinstance(dist, Normal) and _all_finite(value):
         return _normal_terms(dist, value, score, out)
     if not score:
-        results = (log_prob(dist, value), *cdf_pair(dist, value), None)
+        results = (log_prob(dist, value), None)
     else:
         # at a copy of the value per element, so that the gradient of the sum is elementwise
         v = value.expand(torch.broadcast_shapes(value.shape, dist.batch_shape))
@@ -346,10 +360,29 @@ def terms(dist, value, *, score=False, create_graph=False, out=None):
         with torch.enable_grad():
             log_q = log_prob(dist, v)
             (d,) = torch.autograd.grad(log_q.sum(), v, retain_graph=True, create_graph=create_graph)
-        results = (log_q, *cdf_pair(dist, value), d)
+        results = (log_q, d)
     return tuple(
         r if o is None or r is None else o.copy_(r) for r, o in zip(results, out, strict=True)
     )
+
+
+def signed_tail(dist, value, choose, *, out=None) -> torch.Tensor:
+    r"""The CDF measured from one end of the support: :math:`F(v)` from the lower end and
+    :math:`F(v) - 1 = -(1 - F(v))` from the upper, each accurate where it is small; its
+    derivatives in the parameters are those of :math:`F`. ``choose`` maps the 0/1 mask of
+    :math:`F(v) > 1/2` (of the broadcast shape, a temporary it may overwrite) to the choice of
+    end, 0 (lower) or 1 (upper), broadcastable to it. A Normal needs one ``erfc`` for this,
+    where :func:`cdf_pair` takes two; ``out`` (a Normal, without autograd): a tensor of the
+    broadcast shape to hold the result."""
+    value = torch.as_tensor(value)
+    if isinstance(dist, Normal) and _all_finite(value):
+        with torch.no_grad():
+            upper = choose(torch.gt(value, dist.loc, out=out).to(value.dtype))
+        return _normal_signed_tail(dist, value, upper, out)
+    f, s = cdf_pair(dist, value)
+    with torch.no_grad():
+        upper = choose((f > s).to(f.dtype))
+    return torch.lerp(f, -s, upper)  # weights 0 and 1 select exactly
 
 
 def cdf(dist, value) -> torch.Tensor:

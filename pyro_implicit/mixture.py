@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import copy
 import math
+import threading
 
 import torch
 import torch.nn.functional as nnf
@@ -208,16 +209,22 @@ def _sample_selected(mixture, sample_shape):
     params = base_cdf.parameters(base)
     if not all(isinstance(p, torch.Tensor) for p in params):
         return None
-    index = mixture.mixture_distribution.sample(sample_shape)  # [S, B]
-    axis = -2 if multivariate else -1  # the components' axis
-    shape = index.shape + base.batch_shape[axis:]  # [S, B, K(, D)]
-    if multivariate:
-        index = index[..., None, None].expand(*shape[:-2], 1, shape[-1])  # [S, B, 1, D]
-    else:
-        index = index.unsqueeze(-1)  # [S, B, 1]
+    index = mixture.mixture_distribution.sample(sample_shape)  # [S..., B...]
+    shape = base.batch_shape  # [B..., K(, D)]
+    event = shape[-1:] if multivariate else _NO_SHAPE
+    batch, num_components = shape[: len(shape) - len(event) - 1], shape[len(shape) - len(event) - 1]
+    # rows of the parameters flattened to [B... K, (D)]: index_select is an order of magnitude
+    # faster than gather from the parameters expanded to the draws
+    offsets = torch.arange(math.prod(batch), device=index.device).reshape(batch)
+    rows = (index + offsets * num_components).reshape(-1)
     try:
-        selected = [p.expand(shape).gather(axis, index).squeeze(axis) for p in params]
-        return base_cdf.rebuild(base, selected).sample()  # [S, B(, D)]
+        selected = [
+            p.expand(shape).reshape(-1, *event).index_select(0, rows).reshape(index.shape + event)
+            for p in params
+        ]
+        drawn = base_cdf.rebuild(base, selected)
+        # the same law; a Normal's rsample (loc + scale eps) is faster than its sample
+        return (drawn.rsample if drawn.has_rsample else drawn.sample)()  # [S..., B...(, D)]
     except (TypeError, ValueError, RuntimeError):
         return None
 
@@ -241,10 +248,10 @@ def _sequential_vjp(base, multivariate, z, params, grad_z, needs):
     r"""The gradients of :math:`\bar z \cdot z` in ``(logits, *component parameters)`` (``None``
     where not ``needs``), by the backward recursion of the module docstring."""
     create_graph = torch.is_grad_enabled()  # true inside a double-backward pass
-    inplace = not create_graph  # without a graph to keep, temporaries are reused in place
     # For location-scale components the partials in (loc, scale) have a closed form in the
     # terms at hand; other families differentiate their CDF and density by autograd.
     closed_form = base_cdf.is_location_scale(base)
+    track = create_graph or not closed_form  # whether the component terms need a graph
     # Aliases, not the saved tensors themselves: autograd.grad then differentiates at fixed z,
     # while create_graph keeps the result differentiable in both z and the parameters.
     if create_graph:
@@ -260,63 +267,77 @@ def _sequential_vjp(base, multivariate, z, params, grad_z, needs):
     if not multivariate:
         shape, z, grad_z = shape + (1,), z.unsqueeze(-1), grad_z.unsqueeze(-1)
     num_sample = z.dim() + 1 - len(shape)  # z is [S..., B..., D]
-    num_dims = shape[-1]
-    with torch.set_grad_enabled(create_graph or not closed_form):
+    num_dims, draws = shape[-1], z.shape[:-1]
+    rows = (num_dims + 1, shape[-2], *draws)  # [D+1, K, S..., B...]
+    # Without a graph, the temporaries live in one workspace, written in place: for
+    # location-scale components, the running log-weights [D+1, K, ...] (log q in rows 1:) and
+    # three [D, K, ...] blocks, each reused, and a few [D, 1, ...] rows. What autograd saves
+    # (for the terms of other families) stays out of it: views of one buffer share one version
+    # counter, which every write moves on.
+    arena = None if create_graph else _Arena(z, math.prod(rows) * 4 + math.prod(draws) * 10)
+    untracked = None if track else arena
+    with torch.set_grad_enabled(track):
         per_dim = [
             _d_major(p if multivariate else p.expand(shape[:-1]).unsqueeze(-1), shape, num_sample)
             for p in component
         ]  # each [D, K, 1..., B...]
+        components = base_cdf.rebuild(base, per_dim)
         # contiguous, so that the results of [D, K, ...] are (elementwise ops follow the
         # memory order of their inputs)
-        x = z.movedim(-1, 0).contiguous().unsqueeze(1)  # [D, 1, S..., B...]
-        # Without a graph, the terms of location-scale components and all that is formed from
-        # them live in one workspace: the running log-weights [D+1, K, ...] (log q in rows 1:)
-        # and three [D, K, ...] blocks, each reused in place. On CPU, fresh memory costs page
-        # faults, measured as half the time of this pass; glibc's malloc keeps one large block
-        # for the next call (up to 32 MB), where it returns several smaller ones to the system.
-        joint = out = None
-        if inplace and closed_form:
-            workspace = x.new_empty((4 * num_dims + 1, shape[-2], *z.shape[:-1]))
-            joint, *blocks = workspace.split([num_dims + 1] + [num_dims] * 3)
-            out = (joint[1:], *blocks)  # log q, F, 1 - F, b
-        log_q, cdf, sf, b = base_cdf.terms(
-            base_cdf.rebuild(base, per_dim),
+        x = z.movedim(-1, 0).unsqueeze(1)  # [D, 1, S..., B...]
+        x = x.contiguous() if untracked is None else untracked.take(x.shape).copy_(x)
+        joint = blocks = None
+        if untracked is not None:
+            joint = arena.take(rows)
+            blocks = [arena.take((num_dims, *rows[1:])) for _ in range(3)]
+        log_q, b = base_cdf.terms(
+            components,
             x,
             score=num_dims > 1,
             create_graph=create_graph,
-            out=out,
-        )  # each [D, K, S..., B...]; b is not used if D = 1
+            out=blocks and (joint[1:], blocks[1]),
+        )  # each [D, K, S..., B...]; b is None if D = 1
     with torch.set_grad_enabled(create_graph):
         log_pi = torch.log_softmax(logits.expand(shape[:-1]), -1).unsqueeze(-1)
         log_pi = _d_major(log_pi, shape[:-1] + (1,), num_sample)  # [1, K, 1..., B...]
-        if inplace and joint is None:  # log q is kept for autograd: the running sums beside it
-            joint = log_q.new_empty((num_dims + 1, *log_q.shape[1:]))
+        if arena is not None and joint is None:  # log q is kept for autograd: the sums beside it
+            joint = arena.take(rows)
             joint[1:] = log_q
-        weights, inv_c = _weights(log_pi, log_q, joint)  # [D+1, K, ...], [D, 1, ...]
-        w, w_next = weights[:-1], weights[1:]  # w_kd and w_k,d+1
-        # a_kd / c_d, with F_k - S_d from whichever tail is small, so that the difference does
-        # not cancel: lerp with weights 0 and 1 selects exactly, and faster than torch.where
-        if out is not None:  # w (F - S) and w (S' - F') in the memory of F and S' = 1 - F
-            lower = cdf.mul_(w).sum(1, keepdim=True)  # S_d, [D, 1, ...]
-            upper = sf.mul_(w).sum(1, keepdim=True)
-            large = (lower > 0.5).to(w.dtype)
-            tail = sf.addcmul_(w, upper, value=-1).neg_()
-            a = cdf.addcmul_(w, lower, value=-1).lerp_(tail, large).mul_(inv_c)
+        # w_kd = e_kd / total_d: the division is folded into the factors [D+1, 1, ...]
+        e, inv_total, inv_c = _weights(log_pi, log_q, joint, arena)
+        e_now, e_next, inv_total_now = e[:-1], e[1:], inv_total[:-1]  # for w_kd and w_k,d+1
+    with torch.set_grad_enabled(track):
+        # F_k(z_d), or F_k(z_d) - 1 where S_d is to be measured from above; see _upper
+        tail = base_cdf.signed_tail(
+            components,
+            x,
+            lambda above: _upper(above, e_now, inv_total_now, untracked),
+            out=blocks and blocks[0],
+        )
+    with torch.set_grad_enabled(create_graph):
+        # a_kd / c_d = w_kd (F_k - S_d) / c_d; tail's memory is free for it
+        if blocks is None:
+            scale = inv_c * inv_total_now
+            et = e_now * tail
+            a = (et - e_now * (et.sum(1, keepdim=True) * inv_total_now)) * scale
         else:
-            lower = (w * cdf).sum(1, keepdim=True)
-            upper = (w * sf).sum(1, keepdim=True)
-            large = (lower > 0.5).to(w.dtype)
-            a = torch.lerp(cdf - lower, upper - sf, large) * w * inv_c  # [D, K, ...]
+            scale = inv_c.mul_(inv_total_now)  # [D, 1, ...]
+            et = tail.mul_(e_now)
+            mean = torch.sum(et, 1, keepdim=True, out=arena.take(scale.shape))
+            a = et.addcmul_(e_now, mean.mul_(inv_total_now), value=-1).mul_(scale)
         # the recursion runs on r_d = c_d ybar_d, from r = -zbar
-        r = torch.neg(grad_z.movedim(-1, 0)).contiguous()  # [D, S..., B...]
+        r = grad_z.movedim(-1, 0)  # [D, S..., B...]
+        r = torch.neg(r).contiguous() if arena is None else torch.neg(r, out=arena.take(r.shape))
         if num_dims == 1:
             g_excl, g_total = None, a[0] * r[0]  # [K, S..., B...]
         else:
             # Where log q_k = -inf (outside its support) the later weights of k vanish and G_k
             # is exactly 0, so b there, the NaN or inf of differentiating log 0, may be 0.
-            b = (b.nan_to_num_ if inplace else b.nan_to_num)(nan=0.0, posinf=0.0, neginf=0.0)
-            # G before each step, [D, K, ...]: in the memory of S' if that is free
-            g_excl = None if create_graph else sf if out is not None else torch.empty_like(a)
+            b = (b.nan_to_num if create_graph else b.nan_to_num_)(nan=0.0, posinf=0.0, neginf=0.0)
+            # G before each step, [D, K, ...]
+            g_excl = None
+            if arena is not None:
+                g_excl = arena.take(a.shape) if blocks is None else blocks[2]
             r, g_excl, g_total = _recursion(a, b, r, g_excl)
     grads = [_from_d_major(g_total.unsqueeze(0), num_sample).squeeze(-1) if needs[0] else None]
     wanted = [p for p, need in zip(per_dim, needs[1:], strict=True) if need]
@@ -324,14 +345,21 @@ def _sequential_vjp(base, multivariate, z, params, grad_z, needs):
         partials = iter(())
     elif closed_form:
         with torch.set_grad_enabled(create_graph):
-            # a and the memory of b are free now
-            spare = None if out is None else (a, out[3])
-            partials = _location_scale_vjp(x, *per_dim, needs[1:], r, w_next, b, g_excl, spare)
+            # w_k,d+1 r_d = e_k,d+1 r_next_d; a and the memory of the score are free now
+            if arena is None:
+                r_next = inv_total[1:] * r.unsqueeze(1)
+            else:
+                r_next = arena.take(inv_total[1:].shape)
+                r_next = torch.mul(inv_total[1:], r.unsqueeze(1), out=r_next)
+            spare = blocks and (a, blocks[1])
+            partials = _location_scale_vjp(
+                x, *per_dim, needs[1:], r_next, e_next, b, g_excl, num_sample, spare
+            )
         partials = iter([g for g in partials if g is not None])
     else:
         # the cotangents of F_k(z_d) at fixed weights, and of log q_k(z_d)
         with torch.set_grad_enabled(create_graph):
-            outputs, grad_outputs = [cdf], [w * (inv_c * r.unsqueeze(1))]
+            outputs, grad_outputs = [tail], [e_now * (scale * r.unsqueeze(1))]
         if g_excl is not None:
             outputs.append(log_q)
             grad_outputs.append(g_excl)
@@ -350,65 +378,119 @@ def _sequential_vjp(base, multivariate, z, params, grad_z, needs):
     return grads
 
 
-def _location_scale_vjp(x, loc, scale, needs, r, w_next, b, g_excl, spare=None):
-    r"""The gradients of ``loc`` and ``scale`` (``[D, K, S..., B...]``, to be summed over the
-    draws) for a location-scale family, from the value ``x`` ``[D, 1, S..., B...]``: with
+def _upper(above, e, inv_total, arena=None):
+    r"""Whether :math:`S_d` is to be measured from the upper end, a 0/1 mask ``[D, 1, ...]``,
+    from the mask of :math:`F_k(z_d) > 1/2` ``[D, K, ...]`` (overwritten) and the weights
+    :math:`w_{kd} = e_{kd} / \mathrm{total}_d`: where the weight of the components whose
+    medians lie below :math:`z_d` exceeds 1/2. Right at either end: :math:`S_d > 1 - \delta`
+    leaves at most :math:`2\delta` of weight to the others (and symmetrically), so the
+    differences :math:`F_k - S_d` taken from the end that :math:`S_d` is near do not cancel;
+    in between, either end is accurate."""
+    vote = torch.sum(above.mul_(e), 1, keepdim=True, out=arena and arena.take(inv_total.shape))
+    return vote.mul_(inv_total).gt_(0.5)
+
+
+def _location_scale_vjp(x, loc, scale, needs, r_next, e_next, b, g_excl, num_sample, spare):
+    r"""The gradients of ``loc`` and ``scale`` ``[D, K, 1..., B...]`` (summed over the draws)
+    for a location-scale family, from the value ``x`` ``[D, 1, S..., B...]``: with
     :math:`\xi = (x - loc)/scale`, :math:`\partial F/\partial loc = -q`,
     :math:`\partial F/\partial scale = -\xi q`, :math:`\partial \log q/\partial loc = -b` and
     :math:`\partial \log q/\partial scale = -\xi b - 1/scale`. The cotangent of
     :math:`F_k(z_d)` times :math:`q_k(z_d)` is :math:`w_{kd} \bar y_d q_k(z_d) = w_{k,d+1} r_d`
-    and that of :math:`\log q_k(z_d)` is :math:`G_k` before step :math:`d` (0 at the last), so
-    both partials are sums of :math:`h = w_{k,d+1} r_d + G_k b_{kd}`. ``spare``: two free
-    tensors of that shape, for an in-place computation (no graph) that may overwrite ``b``
-    and ``g_excl``."""
+    (``e_next * r_next``) and that of :math:`\log q_k(z_d)` is :math:`G_k` before step
+    :math:`d` (0 at the last), so both partials are sums of
+    :math:`h = w_{k,d+1} r_d + G_k b_{kd}`. ``spare``: ``None`` or two free tensors of that
+    shape, for an in-place computation (no graph) that may overwrite ``b``."""
+    draws = tuple(range(2, 2 + num_sample))
+
+    def total(t):  # a new tensor, never a view of the workspace
+        return t.sum(draws, keepdim=True) if draws else t.clone()
+
     if spare is None:
-        h = w_next * r.unsqueeze(1)  # [D, K, S..., B...]
+        h = e_next * r_next  # [D, K, S..., B...]
         if g_excl is not None:
             h = torch.cat([h[:-1] + b[:-1] * g_excl[:-1], h[-1:]])
-        g_scale = ((loc - x) * h - (0 if g_excl is None else g_excl)) / scale if needs[1] else None
-        return -h if needs[0] else None, g_scale
-    h = torch.mul(w_next, r.unsqueeze(1), out=spare[0])
-    if g_excl is not None:
-        h[:-1].addcmul_(b[:-1], g_excl[:-1])
-    g_scale = None
-    if needs[1]:  # ((loc - x) h - G) / scale
-        g_scale = torch.sub(loc, x, out=spare[1]).mul_(h)
-        g_scale = (g_scale if g_excl is None else g_scale.sub_(g_excl)).div_(scale)
-    return h.neg_() if needs[0] else None, g_scale
-
-
-def _weights(log_pi, log_q, joint=None):
-    r""":math:`w_{kd}` for :math:`d = 0, \dots, D` ``[D+1, K, ...]`` and :math:`1/c_d`
-    ``[D, 1, ...]``, with :math:`c_d = \sum_k w_{kd} q_k(z_d)`, from :math:`\log \pi`
-    ``[1, K, ...]`` and :math:`\log q` ``[D, K, ...]``. With ``joint``, a buffer
-    ``[D+1, K, ...]`` holding :math:`\log q` in its rows ``1:``, in place (no graph)."""
-    # log pi_k + sum_{j<d} log q_k(z_j), a running sum (not a difference of sums, which cancels
-    # for far components), minus its maximum over k: a softmax that keeps its normalizer
-    inplace = joint is not None
-    if inplace:  # a loop of slices: torch.cumsum along the leading axis is several times slower
-        joint[0] = log_pi[0]
-        rows = joint.unbind(0)
-        for previous, row in zip(rows[:-1], rows[1:], strict=True):
-            row += previous
+        h_diff = (x - loc) * h if needs[1] else None
     else:
+        h = torch.mul(e_next, r_next, out=spare[0])
+        if g_excl is not None:
+            h[:-1].addcmul_(b[:-1], g_excl[:-1])
+        h_diff = torch.sub(x, loc, out=spare[1]).mul_(h) if needs[1] else None
+    g_scale = None
+    if needs[1]:  # -(sum of (x - loc) h + G) / scale
+        g_scale = total(h_diff) if g_excl is None else total(h_diff) + total(g_excl)
+        g_scale = -g_scale / scale
+    return -total(h) if needs[0] else None, g_scale
+
+
+class _Arena:
+    """Tensors carved in turn from one buffer: the temporaries of a backward pass without a
+    graph. On CPU the buffer is kept per thread and dtype for the next call, and grown as
+    needed: fresh memory costs page faults there (about 2 us per 4 KB page, as much as the
+    arithmetic on it), and glibc's malloc hands large blocks back to the system after some
+    calls and not others (measured here: none or 750 faults per call, by process)."""
+
+    _kept = threading.local()
+
+    def __init__(self, like, size):
+        if like.device.type == "cpu":
+            kept = self._kept.__dict__.setdefault("buffers", {})
+            buffer = kept.get(like.dtype)
+            if buffer is None or buffer.numel() < size:
+                buffer = kept[like.dtype] = like.new_empty(size)
+        else:  # a caching allocator reuses the memory
+            buffer = like.new_empty(size)
+        self._buffer, self._used = buffer, 0
+
+    def take(self, shape):
+        """An uninitialized contiguous tensor of ``shape``: the next part of the buffer, or new
+        memory beyond its end."""
+        size = math.prod(shape)
+        if self._used + size > self._buffer.numel():
+            return self._buffer.new_empty(shape)
+        self._used += size
+        return self._buffer[self._used - size : self._used].view(shape)
+
+
+_LOG2E = 1 / math.log(2)
+
+
+def _weights(log_pi, log_q, joint=None, arena=None):
+    r"""The weights :math:`w_{kd}` for :math:`d = 0, \dots, D` as :math:`e_{kd}` ``[D+1, K, ...]``
+    and :math:`1/\sum_k e_{kd}` ``[D+1, 1, ...]``, and :math:`1/c_d` ``[D, 1, ...]`` with
+    :math:`c_d = \sum_k w_{kd} q_k(z_d)`, from :math:`\log \pi` ``[1, K, ...]`` and
+    :math:`\log q` ``[D, K, ...]``. With ``joint``, a buffer ``[D+1, K, ...]`` holding
+    :math:`\log q` in its rows ``1:``, and an arena for the rest: in place (no graph)."""
+    # log pi_k + sum_{j<d} log q_k(z_j), a running sum (not a difference of sums, which cancels
+    # for far components), minus its maximum over k: a softmax that keeps its normalizer.
+    # exp(t) is taken as exp2(t log2 e): on CPU torch.exp is not vectorized and exp2 is.
+    if joint is None:
         joint = torch.cat([log_pi.expand_as(log_q[:1]), log_q]).cumsum(0)
-    top = joint.detach().amax(1, keepdim=True)  # [D+1, 1, ...]
-    e = _exp_flushed(joint.sub_(top) if inplace else joint - top, inplace)
-    total = e.sum(1, keepdim=True)
-    norm = top + torch.log(total)  # log sum_k pi_k prod_{j<d} q_k(z_j), [D+1, 1, ...]
-    # c_d = exp(norm_{d+1} - norm_d)
-    inv_c = torch.exp(norm[:-1] - norm[1:])
-    return (e.div_(total) if inplace else e / total), inv_c
+        top = joint.detach().amax(1, keepdim=True) * _LOG2E  # [D+1, 1, ...]
+        e = _flush(torch.exp2(joint * _LOG2E - top), inplace=False)
+        total = e.sum(1, keepdim=True)
+        # c_d = exp(top_{d+1} - top_d) total_{d+1} / total_d
+        return e, 1 / total, torch.exp2(top[:-1] - top[1:]) * total[:-1] / total[1:]
+    joint[0] = log_pi[0]
+    rows = joint.unbind(0)  # a loop of slices: torch.cumsum along dim 0 is several times slower
+    for previous, row in zip(rows[:-1], rows[1:], strict=True):
+        row += previous
+    shape = (joint.shape[0], 1, *joint.shape[2:])
+    low = torch.amax(joint, 1, keepdim=True, out=arena.take(shape)).mul_(-_LOG2E)  # -top log2 e
+    e = _flush(torch.add(low, joint, alpha=_LOG2E, out=joint).exp2_(), inplace=True)
+    total = torch.sum(e, 1, keepdim=True, out=arena.take(shape))
+    inv_total = torch.reciprocal(total, out=arena.take(shape))
+    # c_d = exp(top_{d+1} - top_d) total_{d+1} / total_d, without log and exp (not vectorized)
+    inv_c = torch.sub(low[1:], low[:-1], out=arena.take(low[1:].shape)).exp2_()
+    return e, inv_total, inv_c.mul_(total[:-1]).mul_(inv_total[1:])
 
 
-def _exp_flushed(x, inplace):
-    """``exp(x)`` for ``x <= 0``, with results below twice :math:`e` times the smallest normal
-    number flushed to 0 (an error below the dtype's resolution, next to weights summing to 1):
-    exp is an order of magnitude slower where it underflows, and near there."""
-    cut = math.log(torch.finfo(x.dtype).tiny) + 1
-    if inplace:
-        return nnf.threshold_(x.clamp_(min=cut).exp_(), 2 * math.exp(cut), 0.0)
-    return nnf.threshold(torch.exp(x.clamp(min=cut)), 2 * math.exp(cut), 0.0)
+def _flush(e, inplace):
+    """``e`` with values below twice :math:`e` times the smallest normal number set to 0 (an
+    error below the dtype's resolution, next to weights summing to 1): subnormal operands slow
+    down the arithmetic that follows on many CPUs."""
+    cut = 2 * math.e * torch.finfo(e.dtype).tiny
+    return (nnf.threshold_ if inplace else nnf.threshold)(e, cut, 0.0)
 
 
 def _recursion(a, b, r, g=None):

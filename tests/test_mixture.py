@@ -432,6 +432,21 @@ def test_float32_gradients_match_float64(mixtures):
         assert np.allclose(a, b, rtol=1e-4, atol=1e-5 * np.abs(b).max())
 
 
+def test_float32_gradients_deep_in_the_tails(mixtures):
+    """Conditional CDFs within 1e-6 of 0 and of 1 in float32, where the spacing of floats near 1
+    is 6e-8: the differences F_k - S_d must be taken from the end that S_d is near. Measured
+    relative errors: 2e-6 (PyTorch) and 1e-5 (JAX); 2% with every difference taken from one end.
+    """
+    rng = np.random.default_rng(7)
+    base = FAMILIES["Normal"][1]
+    params = [np.asarray(p)[:, None] * (1 + 0.3 * rng.random((3, 3))) for p in base]
+    u = np.array([[1 - 1e-6, 1e-6, 0.4], [0.3, 1 - 1e-6, 1e-6]])
+    z = np.stack([sequential_inverse(ui, LOGITS, "Normal", params) for ui in u])
+    _, jac = mixtures.jacobians("Normal", LOGITS, params, z.astype(np.float32), True, "float32")
+    fd, errors = finite_difference_jacobians(u, LOGITS, "Normal", params)
+    assert_matches_finite_differences([j.astype(np.float64) for j in jac], fd, errors, rtol=1e-3)
+
+
 def test_adapters_agree():
     rng = np.random.default_rng(7)
     params = [rng.normal(size=(3, 3)), 0.5 + rng.random((3, 3))]
