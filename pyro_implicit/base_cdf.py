@@ -340,7 +340,8 @@ def _all_finite(value):
 def terms(dist, value, *, score=False, create_graph=False, out=None):
     r"""The per-element terms of an implicit gradient at ``value``, each of the broadcast shape
     of ``value`` and the batch of ``dist``: ``(log q, d/dv log q)``, i.e. :func:`log_prob` and,
-    if ``score``, the derivative of the log-density in the value (else ``None``). A Normal has
+    if ``score``, the derivative of the log-density in the value (else ``None``), set to 0
+    where it is not finite (where :math:`\log q = -\infty`, outside the support). A Normal has
     them in closed form from one standardized value; other families differentiate
     :func:`log_prob` by autograd, with ``create_graph`` for higher derivatives. ``out``: two
     tensors of that shape to hold the results, without autograd (to spare the allocations of a
@@ -360,7 +361,7 @@ def terms(dist, value, *, score=False, create_graph=False, out=None):
         with torch.enable_grad():
             log_q = log_prob(dist, v)
             (d,) = torch.autograd.grad(log_q.sum(), v, retain_graph=True, create_graph=create_graph)
-        results = (log_q, d)
+        results = (log_q, d.nan_to_num(nan=0.0, posinf=0.0, neginf=0.0))
     return tuple(
         r if o is None or r is None else o.copy_(r) for r, o in zip(results, out, strict=True)
     )

@@ -274,7 +274,8 @@ def _sequential_vjp(base, multivariate, z, params, grad_z, needs):
     # three [D, K, ...] blocks, each reused, and a few [D, 1, ...] rows. What autograd saves
     # (for the terms of other families) stays out of it: views of one buffer share one version
     # counter, which every write moves on.
-    arena = None if create_graph else _Arena(z, math.prod(rows) * 4 + math.prod(draws) * 10)
+    size = (4 * num_dims + 1) * math.prod(rows[1:]) + 10 * (num_dims + 1) * math.prod(draws)
+    arena = None if create_graph else _Arena(z, size)
     untracked = None if track else arena
     with torch.set_grad_enabled(track):
         per_dim = [
@@ -331,11 +332,9 @@ def _sequential_vjp(base, multivariate, z, params, grad_z, needs):
         if num_dims == 1:
             g_excl, g_total = None, a[0] * r[0]  # [K, S..., B...]
         else:
-            # Where log q_k = -inf (outside its support) the later weights of k vanish and G_k
-            # is exactly 0, so b there, the NaN or inf of differentiating log 0, may be 0.
-            b = (b.nan_to_num if create_graph else b.nan_to_num_)(nan=0.0, posinf=0.0, neginf=0.0)
-            # G before each step, [D, K, ...]
-            g_excl = None
+            # b is 0 where log q_k = -inf (outside its support, see base_cdf.terms): the later
+            # weights of k vanish there and G_k is exactly 0
+            g_excl = None  # G before each step, [D, K, ...]
             if arena is not None:
                 g_excl = arena.take(a.shape) if blocks is None else blocks[2]
             r, g_excl, g_total = _recursion(a, b, r, g_excl)
