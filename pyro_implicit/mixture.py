@@ -424,21 +424,21 @@ def _location_scale_vjp(x, loc, scale, needs, r_next, e_next, b, g_excl, num_sam
 
 class _Arena:
     """Tensors carved in turn from one buffer: the temporaries of a backward pass without a
-    graph. On CPU the buffer is kept per thread and dtype for the next call, and grown as
-    needed: fresh memory costs page faults there (about 2 us per 4 KB page, as much as the
-    arithmetic on it), and glibc's malloc hands large blocks back to the system after some
-    calls and not others (measured here: none or 750 faults per call, by process)."""
+    graph. On CPU a buffer of up to ``KEEP_BYTES`` is kept per thread and dtype for the next
+    call, and grown as needed: fresh memory costs page faults there (about 2 us per 4 KB page,
+    as much as the arithmetic on it), and glibc's malloc hands large blocks back to the system
+    after some calls and not others (measured here: none or 750 faults per call, by process)."""
 
+    KEEP_BYTES = 1 << 28
     _kept = threading.local()
 
     def __init__(self, like, size):
-        if like.device.type == "cpu":
-            kept = self._kept.__dict__.setdefault("buffers", {})
-            buffer = kept.get(like.dtype)
-            if buffer is None or buffer.numel() < size:
-                buffer = kept[like.dtype] = like.new_empty(size)
-        else:  # a caching allocator reuses the memory
-            buffer = like.new_empty(size)
+        kept = self._kept.__dict__.setdefault("buffers", {})
+        buffer = kept.get(like.dtype)
+        if like.device.type != "cpu" or size * like.element_size() > self.KEEP_BYTES:
+            buffer = like.new_empty(size)  # a caching allocator reuses the memory on GPUs
+        elif buffer is None or buffer.numel() < size:
+            buffer = kept[like.dtype] = like.new_empty(size)
         self._buffer, self._used = buffer, 0
 
     def take(self, shape):
