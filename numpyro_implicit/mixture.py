@@ -22,8 +22,9 @@ with :math:`\dot F_k, \dot{\log q_k}` the parameter tangents at fixed :math:`z`,
 :math:`\sum_{j<d}\log q_k(z_j)` with the earlier :math:`z_j` moving too (the :math:`a_{dk}`
 sum to zero over :math:`k`, so the normalizer drops out). It is one :func:`jax.lax.scan` over
 :math:`d` whose step does all the work of dimension :math:`d`: :math:`O(DK)` time and memory per
-draw, never a :math:`D \times D` matrix. JAX splits it into a forward scan of coefficients and
-the transposed scan for reverse mode, and differentiates it again for higher orders. A
+draw, never a :math:`D \times D` matrix. For reverse mode JAX transposes it into a scan
+backwards (each step recomputing its coefficients), and differentiates it again for higher
+orders. A
 univariate mixture is the case :math:`D = 1`, where :math:`\dot z = -\dot F/q(z)`.
 """
 
@@ -388,8 +389,8 @@ def _k_major(t, sample_ndim):
 def _tangent(z, params, dots, treedef, batch, multivariate, location_scale=None):
     r""":math:`\dot z = -J^{-1}\dot S` in O(DK) (module docstring): one scan over :math:`d`
     whose step does all the work of dimension :math:`d` on ``[K, sample..., batch...]``
-    slices, which stay in cache; in reverse mode JAX splits it into a forward scan of the
-    coefficients and the transposed scan of the tangents. ``location_scale``: the positions of
+    slices, which stay in cache; in reverse mode JAX runs the transposed scan backwards, each
+    step recomputing its coefficients (checkpointed). ``location_scale``: the positions of
     ``(loc, scale)`` among the leaves of a location-scale family (:func:`base_cdf.location_scale`),
     whose partials then have a closed form."""
     logits, *leaves = params
@@ -466,5 +467,7 @@ def _tangent(z, params, dots, treedef, batch, multivariate, location_scale=None)
     )
     dtype = jnp.result_type(x, *leaves)
     init = (jnp.broadcast_to(log_pi, carry_shape).astype(dtype), jnp.zeros(carry_shape, dtype))
-    _, z_dot = lax.scan(step, init, (x, leaves, free_dots))
+    # checkpointed: reverse mode recomputes each step's coefficients rather than storing them
+    # for all D steps (about 5% faster here, and less memory)
+    _, z_dot = lax.scan(jax.checkpoint(step, prevent_cse=False), init, (x, leaves, free_dots))
     return jnp.moveaxis(z_dot, 0, -1) if multivariate else z_dot[0]
