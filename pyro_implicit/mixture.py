@@ -212,7 +212,7 @@ def _sample_selected(mixture, sample_shape):
     index = mixture.mixture_distribution.sample(sample_shape)  # [S..., B...]
     shape = base.batch_shape  # [B..., K(, D)]
     event = shape[-1:] if multivariate else _NO_SHAPE
-    batch, num_components = shape[: len(shape) - len(event) - 1], shape[len(shape) - len(event) - 1]
+    *batch, num_components = shape[: len(shape) - len(event)]
     # rows of the parameters flattened to [B... K, (D)]: index_select is an order of magnitude
     # faster than gather from the parameters expanded to the draws
     offsets = torch.arange(math.prod(batch), device=index.device).reshape(batch)
