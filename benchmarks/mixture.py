@@ -9,11 +9,13 @@ device) and JAX (``numpyro_implicit``, on JAX's default backend), in float32.
   size (the floor) and, on JAX, TensorFlow Probability's
   ``MixtureSameFamily(reparameterize=True)`` (``tfp-nightly``, skipped when absent). JAX
   functions are ``jax.jit(jax.grad(...))``; each call waits for its result. After two warm-up
-  calls each, the implementations take turns, ``repeats`` rounds of ``BLOCK`` calls each, and
-  the median call is reported. This package's JAX call is slower here than timed alone
-  (n = 2048: 11-15 ms against 8.5-10 ms): each of TFP's calls, which build a D x D Jacobian
-  per draw, touches about 1.6 GB of fresh memory (420,000 page faults), and the calls that
-  follow it run slower, now and then ten times slower.
+  calls each, the implementations take turns, ``repeats`` rounds of one untimed and ``BLOCK``
+  timed calls each, and the median timed call is reported. The untimed call is there because
+  each of TFP's calls, which build a D x D Jacobian per draw, touches about 1.6 GB of fresh
+  memory (420,000 page faults), and the calls that follow it run slower, now and then ten times
+  slower: without it, this package's JAX call, which always follows TFP's, took 15-17 ms
+  against 12-14 ms (9.6-11 ms timed alone), and TFP / this was 98-125x against 121-154x in
+  the same three runs.
 * :func:`scaling`: the same measurement for ``D`` from 4 to 1024 (``n = 512``), for the plot
   (TFP up to ``D = 64``: beyond, its dense per-draw Jacobian takes tens of seconds per call).
 * :func:`gradient_variance`: per-draw gradients of ``|z|^2`` with respect to the locations and
@@ -48,7 +50,8 @@ N, N_QUICK = 2048, 512  # draws per speed measurement; --quick also fits one see
 K, D = 8, 64
 SCALING_D = (4, 16, 64, 256, 1024)
 SCALING_N = 512
-BLOCK = 3  # calls in a row per implementation and round (timing.median_times)
+BLOCK = 3  # timed calls in a row per implementation and round (timing.median_times),
+SETTLE = 1  # each after one untimed call
 SEEDS = (0, 1, 2, 3, 4)
 TARGETS = {
     "separated": ((0.35, 0.65), (-1.5, 1.0), (0.5, 0.7)),
@@ -147,7 +150,7 @@ def speed(n, device, repeats=7):
         ("pyro", lambda: _torch_steps(K, D, n, device)),
         ("numpyro", lambda: _jax_steps(K, D, n)),
     ):
-        times = median_times(steps(), repeats, BLOCK)
+        times = median_times(steps(), repeats, BLOCK, SETTLE)
         for name, t in times.items():
             row = {"host": host, "estimator": name, "K": K, "D": D, "n": n, "ms": 1e3 * t}
             row["x diagonal normal"] = t / times["diagonal normal"]
@@ -160,11 +163,11 @@ def scaling(n, device, repeats=3):
     """Scaling in D (K = 8, n = 512): time per sample + gradient (ms)."""
     rows = []
     for d in SCALING_D:
-        t_torch = median_times(_torch_steps(K, d, SCALING_N, device), repeats, BLOCK)
+        t_torch = median_times(_torch_steps(K, d, SCALING_N, device), repeats, BLOCK, SETTLE)
         steps = _jax_steps(K, d, SCALING_N)
         if d > 64:  # TFP's dense D x D Jacobian per draw: tens of seconds per call beyond
             steps.pop("TFP", None)
-        t_jax = median_times(steps, repeats, BLOCK)
+        t_jax = median_times(steps, repeats, BLOCK, SETTLE)
         rows.append(
             {
                 "D": d,

@@ -6,17 +6,20 @@ import statistics
 import time
 
 
-def median_times(steps, repeats, block=1):
+def median_times(steps, repeats, block=1, settle=0):
     """Median wall time in seconds of each step, warmed up twice, the steps interleaved so that
     machine noise hits all of them alike: ``repeats`` rounds, each running every step ``block``
     times in a row (``block > 1`` keeps a fast step from being timed right after a slow one
-    that has just churned through caches and memory)."""
+    that has just churned through caches and memory), after ``settle`` untimed calls (with a
+    fixed order, the same step would otherwise always pay for the churn of the one before)."""
     for run in steps.values():
         run()
         run()
     times = {name: [] for name in steps}
     for _ in range(repeats):
         for name, run in steps.items():
+            for _ in range(settle):
+                run()
             for _ in range(block):
                 start = time.perf_counter()
                 run()
