@@ -50,8 +50,8 @@ N, N_QUICK = 2048, 512  # draws per speed measurement; --quick also fits one see
 K, D = 8, 64
 SCALING_D = (4, 16, 64, 256, 1024)
 SCALING_N = 512
-BLOCK = 3  # timed calls in a row per implementation and round (timing.median_times),
-SETTLE = 1  # each after one untimed call
+BLOCK = 3  # timed calls in a row per implementation and round (timing.median_times)
+SETTLE = 1  # untimed calls before them
 SEEDS = (0, 1, 2, 3, 4)
 TARGETS = {
     "separated": ((0.35, 0.65), (-1.5, 1.0), (0.5, 0.7)),
