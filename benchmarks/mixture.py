@@ -8,14 +8,15 @@ device) and JAX (``numpyro_implicit``, on JAX's default backend), in float32.
   all parameters (logits, locations, scales), against a diagonal-normal ``rsample`` of the same
   size (the floor) and, on JAX, TensorFlow Probability's
   ``MixtureSameFamily(reparameterize=True)`` (``tfp-nightly``, skipped when absent). JAX
-  functions are ``jax.jit(jax.grad(...))``; each call waits for its result. After two warm-up
-  calls each, the implementations take turns, ``repeats`` rounds of one untimed and ``BLOCK``
-  timed calls each, and the median timed call is reported. The untimed call is there because
-  each of TFP's calls, which build a D x D Jacobian per draw, touches about 1.6 GB of fresh
-  memory (420,000 page faults), and the calls that follow it run slower, now and then ten times
-  slower: without it, this package's JAX call, which always follows TFP's, took 15-17 ms
-  against 12-14 ms (9.6-11 ms timed alone), and TFP / this was 98-125x against 121-154x in
-  the same three runs.
+  functions are ``jax.jit(jax.grad(...))``, run with 64-bit types off (NumPyro's default; see
+  :func:`_float32_call`); each call waits for its result. After two warm-up calls each, the
+  implementations take turns, ``repeats`` rounds of one untimed and ``BLOCK`` timed calls
+  each, and the median timed call is reported. The untimed call is there because each of
+  TFP's calls, which build a D x D Jacobian per draw, touches about 1.6 GB of fresh memory
+  (420,000 page faults), and the calls that follow it run slower, now and then ten times
+  slower: without it (and with 64-bit types on), this package's JAX call, which always
+  follows TFP's, took 15-17 ms against 12-14 ms (9.6-11 ms timed alone), and TFP / this was
+  98-125x against 121-154x in the same three runs.
 * :func:`scaling`: the same measurement for ``D`` from 4 to 1024 (``n = 512``), for the plot
   (TFP up to ``D = 64``: beyond, its dense per-draw Jacobian takes tens of seconds per call).
 * :func:`gradient_variance`: per-draw gradients of ``|z|^2`` with respect to the locations and
@@ -139,8 +140,17 @@ def _jax_steps(k, d, n):
     steps = {}
     for name, loss in losses.items():
         grad = jax.jit(jax.grad(loss))
-        steps[name] = lambda grad=grad: jax.block_until_ready(grad(params))
+        steps[name] = lambda grad=grad: _float32_call(grad, params)
     return steps
+
+
+def _float32_call(fn, *args):
+    """``fn(*args)``, waited for, with JAX's 64-bit types off (NumPyro's default). With them on
+    (this module turns them on for the rest), NumPyro's ``Normal`` draws float64 variates even
+    for float32 parameters and returns float64 samples, so the float32 timings would run partly
+    in float64: the diagonal normal, whose time is mostly its draw, took twice as long."""
+    with jax.enable_x64(False):
+        return jax.block_until_ready(fn(*args))
 
 
 def speed(n, device, repeats=7):
