@@ -36,6 +36,7 @@ import math
 import jax
 import jax.numpy as jnp
 from jax import lax, random
+from jax.ad_checkpoint import checkpoint_name
 from numpyro.distributions import (
     CategoricalLogits,
     CategoricalProbs,
@@ -427,7 +428,8 @@ def _tangent(z, params, dots, treedef, batch, multivariate, location_scale=None)
         # F_k - S_d from whichever tail is small, so that the difference does not cancel
         a = w * jnp.where(lower <= 0.5, cdf - lower, upper - sf)
         log_joint = log_w + log_q
-        log_c = jax.nn.logsumexp(log_joint, axis=0)  # the conditional density
+        # the log conditional density, per draw: kept from the forward pass (see below)
+        log_c = checkpoint_name(jax.nn.logsumexp(log_joint, axis=0), "log_c")
         # The tangents enter last, each times a coefficient computed from the primal values:
         # reverse mode then keeps these few coefficients per step, not every intermediate.
         # S-dot_d = sum_k [w_k F-dot_k + a_k (log-pi-dot_k + t_k)], t including earlier z_j.
@@ -467,7 +469,10 @@ def _tangent(z, params, dots, treedef, batch, multivariate, location_scale=None)
     )
     dtype = jnp.result_type(x, *leaves)
     init = (jnp.broadcast_to(log_pi, carry_shape).astype(dtype), jnp.zeros(carry_shape, dtype))
-    # checkpointed: reverse mode recomputes each step's coefficients rather than storing them
-    # for all D steps (about 5% faster here, and less memory)
-    _, z_dot = lax.scan(jax.checkpoint(step, prevent_cse=False), init, (x, leaves, free_dots))
+    # Checkpointed: reverse mode recomputes each step's coefficients [K, ...] rather than
+    # storing them for all D steps (about 5% faster here, and less memory), except log c_d,
+    # one number per draw that the forward pass forms anyway (another 15% faster).
+    policy = jax.checkpoint_policies.save_only_these_names("log_c")
+    step = jax.checkpoint(step, prevent_cse=False, policy=policy)
+    _, z_dot = lax.scan(step, init, (x, leaves, free_dots))
     return jnp.moveaxis(z_dot, 0, -1) if multivariate else z_dot[0]
