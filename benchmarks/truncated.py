@@ -3,8 +3,9 @@ TensorFlow Probability's (on JAX).
 
 * :func:`speed`: wall time of one draw of ``n`` samples from the normal ``N(0, 1)`` truncated to
   ``[-1, 2]`` plus the gradient of ``z.sum()`` in ``(loc, scale)``, float32 and float64, in one
-  process. JAX functions are ``jax.jit(jax.value_and_grad(...))``; ``jax.random.truncated_normal``
-  is made location-scale as ``loc + scale * truncated_normal(key, (low - loc)/scale, (high -
+  process (JAX with its 64-bit types on for float64 only, see :func:`_jax_types`). JAX
+  functions are ``jax.jit(jax.value_and_grad(...))``; ``jax.random.truncated_normal`` is made
+  location-scale as ``loc + scale * truncated_normal(key, (low - loc)/scale, (high -
   loc)/scale)``. Each step waits for its result. After two warm-up calls each, the
   implementations run alternately ``repeats`` times and the median is reported. PyTorch has no
   truncated normal to compare with: the time of ``pyro_implicit.TruncatedNormal`` is reported
@@ -89,6 +90,13 @@ JAX_SAMPLERS = {
 }
 
 
+def _jax_types(dtype):
+    """JAX's 64-bit types on for float64 only (this module turns them on for the rest). With
+    them on, NumPyro's ``TruncatedNormal`` computes in float64 even for float32 parameters and
+    returns float64 draws, so its float32 cells would be float64 ones."""
+    return jax.enable_x64(dtype == "float64")
+
+
 def _jax_step(sample, dtype, n):
     low, high = (jnp.asarray(b, dtype) for b in SPEED_INTERVAL)
     params = (jnp.asarray(0.0, dtype), jnp.asarray(1.0, dtype))
@@ -122,8 +130,9 @@ def speed(n=N, device="cpu", repeats=7):
     """Speed: sample + gradient of z.sum() in (loc, scale), N(0, 1) on [-1, 2], median ms."""
     rows = []
     for dtype in DTYPES:
-        steps = {name: _jax_step(s, dtype, n) for name, s in JAX_SAMPLERS.items()}
-        t = median_times(steps, repeats)
+        with _jax_types(dtype):
+            steps = {name: _jax_step(s, dtype, n) for name, s in JAX_SAMPLERS.items()}
+            t = median_times(steps, repeats)
         t_torch = median_times({"torch": _torch_step(dtype, n, device)}, repeats)["torch"]
         ours = t["ours (numpyro_implicit)"]
         rows.append(
@@ -228,7 +237,8 @@ def tails(n=N, device="cpu"):
             }
             for name in JAX_SAMPLERS:
                 try:
-                    z, g = _jax_draws(name, low, high, dtype, n)
+                    with _jax_types(dtype):
+                        z, g = _jax_draws(name, low, high, dtype, n)
                     row[name] = _cell(z, g, low, high, dtype, mean)
                 except Exception as error:  # a peer that fails is reported, not hidden
                     print(f"note: {name} on [{low}, {high}] {dtype}: {error!r}", file=sys.stderr)
