@@ -56,6 +56,8 @@ from ._implicit import implicit_reparameterize
 __all__ = ["MixtureSameFamily", "ScoreTrace_ELBO"]
 
 _WEIGHT_ESTIMATORS = ("implicit", "score")
+# the name under which reverse mode keeps log c_d (see _tangent), apart from any user's names
+_LOG_C = "numpyro_implicit.mixture.log_c"
 
 
 class MixtureSameFamily(_NumPyroMixtureSameFamily):
@@ -429,7 +431,7 @@ def _tangent(z, params, dots, treedef, batch, multivariate, location_scale=None)
         a = w * jnp.where(lower <= 0.5, cdf - lower, upper - sf)
         log_joint = log_w + log_q
         # the log conditional density, per draw: kept from the forward pass (see below)
-        log_c = checkpoint_name(jax.nn.logsumexp(log_joint, axis=0), "log_c")
+        log_c = checkpoint_name(jax.nn.logsumexp(log_joint, axis=0), _LOG_C)
         # The tangents enter last, each times a coefficient computed from the primal values:
         # reverse mode then keeps these few coefficients per step, not every intermediate.
         # S-dot_d = sum_k [w_k F-dot_k + a_k (log-pi-dot_k + t_k)], t including earlier z_j.
@@ -472,7 +474,7 @@ def _tangent(z, params, dots, treedef, batch, multivariate, location_scale=None)
     # Checkpointed: reverse mode recomputes each step's coefficients [K, ...] rather than
     # storing them for all D steps (about 5% faster here, and less memory), except log c_d,
     # one number per draw that the forward pass forms anyway (another 15% faster).
-    policy = jax.checkpoint_policies.save_only_these_names("log_c")
+    policy = jax.checkpoint_policies.save_only_these_names(_LOG_C)
     step = jax.checkpoint(step, prevent_cse=False, policy=policy)
     _, z_dot = lax.scan(step, init, (x, leaves, free_dots))
     return jnp.moveaxis(z_dot, 0, -1) if multivariate else z_dot[0]
