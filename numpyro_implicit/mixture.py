@@ -23,9 +23,9 @@ with :math:`\dot F_k, \dot{\log q_k}` the parameter tangents at fixed :math:`z`,
 sum to zero over :math:`k`, so the normalizer drops out). It is one :func:`jax.lax.scan` over
 :math:`d` whose step does all the work of dimension :math:`d`: :math:`O(DK)` time and memory per
 draw, never a :math:`D \times D` matrix. For reverse mode JAX transposes it into a scan
-backwards (each step recomputing its coefficients), and differentiates it again for higher
-orders. A
-univariate mixture is the case :math:`D = 1`, where :math:`\dot z = -\dot F/q(z)`.
+backwards (each step recomputing its coefficients but the conditional density, kept from the
+forward pass), and differentiates it again for higher orders. A univariate mixture is the
+case :math:`D = 1`, where :math:`\dot z = -\dot F/q(z)`.
 """
 
 from __future__ import annotations
@@ -393,9 +393,9 @@ def _tangent(z, params, dots, treedef, batch, multivariate, location_scale=None)
     r""":math:`\dot z = -J^{-1}\dot S` in O(DK) (module docstring): one scan over :math:`d`
     whose step does all the work of dimension :math:`d` on ``[K, sample..., batch...]``
     slices, which stay in cache; in reverse mode JAX runs the transposed scan backwards, each
-    step recomputing its coefficients (checkpointed). ``location_scale``: the positions of
-    ``(loc, scale)`` among the leaves of a location-scale family (:func:`base_cdf.location_scale`),
-    whose partials then have a closed form."""
+    step recomputing its coefficients (checkpointed) but :math:`\log c_d`.
+    ``location_scale``: the positions of ``(loc, scale)`` among the leaves of a location-scale
+    family (:func:`base_cdf.location_scale`), whose partials then have a closed form."""
     logits, *leaves = params
     logits_dot, *leaf_dots = dots
     sample_ndim = jnp.ndim(z) - (len(batch) - 1)
