@@ -91,31 +91,39 @@ def _half_sq_diff(x, a):
     return (x - a) * (x + a) / 2
 
 
-def _log_mills(x):
-    """log R(x) = log S(x) - log phi(x) = log(sqrt(pi/2) erfcx(x/sqrt 2)), no cancellation for
-    any x; below -_ERFCX_FLOOR, where erfcx would overflow, S(x) = 1 to rounding and
-    log R(x) = x^2/2 + log sqrt(2 pi); from _GAP_FROM on, -log(x + c(x)) by the continued
-    fraction of :func:`_mills_gap` (JAX's erfcx returns 0 for some large arguments in both
-    precisions, jax-ml/jax#38607). -inf at +inf, +inf at -inf."""
+def _mills(x):
+    """(log R(x), c(x)) with c = 1/R - x = -(log R)'(x), the mean excess of the tail beyond x,
+    from one erfcx and one continued fraction (a compiled graph holds one copy of each):
+
+    * below _GAP_FROM (6, or 13 in double precision), log R = log(sqrt(pi/2) erfcx(x/sqrt 2)),
+      no cancellation for any x, and c = 1/R - x directly, losing under log10(x^2) digits;
+      below -_ERFCX_FLOOR, where erfcx would overflow, S(x) = 1 to rounding and
+      log R = x^2/2 + log sqrt(2 pi);
+    * from _GAP_FROM on, c by 10 levels of the continued fraction of 1/R (see
+      :func:`_tail_moments`), exact to rounding, and log R = -log(x + c) (JAX's erfcx returns 0
+      for some large arguments in both precisions, jax-ml/jax#38607).
+
+    log R is -inf at +inf and +inf at -inf; c is finite everywhere."""
     precision = _precision(x)
+    start, floor = _GAP_FROM[precision], _ERFCX_FLOOR[precision]
     finite = jnp.isfinite(x)
-    far = finite & (x >= _GAP_FROM[precision])
-    inside = finite & (x > -_ERFCX_FLOOR[precision]) & ~far
-    xi, xf = jnp.where(inside, x, 0.0), jnp.where(finite, x, 0.0)
-    xg = jnp.where(far, x, _GAP_FROM[precision])
-    value = jnp.where(
-        inside,
-        jnp.log(erfcx(xi / math.sqrt(2))) + _HALF_LOG_PI_2,
-        jnp.where(far, -jnp.log(xg + _mills_gap(xg)), xf * xf / 2 + _HALF_LOG_2PI),
+    far = finite & (x >= start)
+    xn = jnp.where(finite & ~far, x, 0.0)
+    scaled_r = erfcx(jnp.maximum(xn, -floor) / math.sqrt(2))  # R / sqrt(pi/2), finite
+    xf = jnp.where(far, x, start)
+    c_far = _continued_fraction(xf, 10)[0]
+    c = jnp.where(far, c_far, 1 / (math.sqrt(math.pi / 2) * scaled_r) - xn)
+    log_r = jnp.where(
+        far,
+        -jnp.log(xf + c_far),
+        jnp.where(xn > -floor, jnp.log(scaled_r) + _HALF_LOG_PI_2, xn * xn / 2 + _HALF_LOG_2PI),
     )
-    return jnp.where(finite, value, jnp.where(x > 0, -math.inf, math.inf))
+    return jnp.where(finite, log_r, jnp.where(x > 0, -math.inf, math.inf)), c
 
 
-def _mills_gap(x):
-    """c(x) = 1/R(x) - x = -(log R)'(x), the mean excess of the tail beyond x, for finite x:
-    directly below 6 (13 in double precision), losing under log10(x^2) digits there, else by 10
-    levels of the continued fraction of 1/R (see :func:`_tail_moments`), exact to rounding."""
-    return _tail_moments(x, start=_GAP_FROM[_precision(x)], depth=10)[0]
+def _log_mills(x):
+    """log R(x) = log S(x) - log phi(x), see :func:`_mills`."""
+    return _mills(x)[0]
 
 
 def _log_mills_ratio(x, a):
@@ -127,10 +135,11 @@ def _log_mills_ratio(x, a):
     near = x - a < _NEAR[_precision(x)]
     an, xn = jnp.where(near, a, 0.0), jnp.where(near, x, 0.0)
     mid, half = (an + xn) / 2, (xn - an) / 2
-    # both nodes in one call: one copy of erfcx in a compiled graph
-    gaps = _mills_gap(jnp.stack([mid - half * _GAUSS2, mid + half * _GAUSS2]))
-    gauss = -half * (gaps[0] + gaps[1])
-    direct = _log_mills(x) - _log_mills(a)
+    # x, a and both nodes in one call
+    points = jnp.broadcast_arrays(x, a, mid - half * _GAUSS2, mid + half * _GAUSS2)
+    log_r, gap = _mills(jnp.stack(points))
+    gauss = -half * (gap[2] + gap[3])
+    direct = log_r[0] - log_r[1]
     return jnp.where(finite, jnp.where(near, gauss, direct), -math.inf)
 
 
@@ -374,14 +383,13 @@ def _quantile(u, loc, scale, low, high):
     return jnp.minimum(jnp.maximum(loc + scale * x, low), high)
 
 
-def _tail_moments(x, start=None, depth=None):
+def _tail_moments(x):
     """(c, v) for finite x: the one-sided tail :math:`[x, \\infty)` has mean :math:`x + c` and
     variance :math:`v`, with :math:`c = 1/R(x) - x` and :math:`v = 1 - (x + c) c`. Beyond
     :math:`x = 6` (2 in single precision) both come from the continued fraction
     :math:`1/R(x) = x + 1/(x + 2/(x + \\dots))` without cancellation:
     with :math:`e = 1/(x + 3/(x + 4/(\\dots)))`, :math:`c = 1/(x + 2e)`, :math:`v = c(2e - c)`."""
-    if start is None:
-        start, depth = _CF[_precision(x)]
+    start, depth = _CF[_precision(x)]
     near = x < start
     xn = jnp.where(near, x, 0.0)
     # 1/R(x) = 1/(sqrt(pi/2) erfcx(x/sqrt 2)), 0 to rounding below -_ERFCX_FLOOR.
@@ -390,14 +398,18 @@ def _tail_moments(x, start=None, depth=None):
     )
     c_near = inv_r - xn
     v_near = 1 - inv_r * c_near
-    xf = jnp.maximum(x, start)
-    k = xf
-    for n in range(depth, 2, -1):
-        k = xf + n / k
-    e = 1 / k
-    c_far = 1 / (xf + 2 * e)
-    v_far = c_far * (2 * e - c_far)
+    c_far, v_far = _continued_fraction(jnp.maximum(x, start), depth)
     return jnp.where(near, c_near, c_far), jnp.where(near, v_near, v_far)
+
+
+def _continued_fraction(x, depth):
+    """(c, v) of :func:`_tail_moments` by ``depth`` levels of the continued fraction of 1/R."""
+    k = x
+    for n in range(depth, 2, -1):
+        k = x + n / k
+    e = 1 / k
+    c = 1 / (x + 2 * e)
+    return c, c * (2 * e - c)
 
 
 @jax.jit
