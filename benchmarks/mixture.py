@@ -9,7 +9,7 @@ device) and JAX (``numpyro_implicit``, on JAX's default backend), in float32.
   size (the floor) and, on JAX, TensorFlow Probability's
   ``MixtureSameFamily(reparameterize=True)`` (``tfp-nightly``, skipped when absent). JAX
   functions are ``jax.jit(jax.grad(...))``, run with 64-bit types off (NumPyro's default; see
-  :func:`_float32_call`); each call waits for its result. After two warm-up calls each, the
+  :func:`timing.jax_types`); each call waits for its result. After two warm-up calls each, the
   implementations take turns, ``repeats`` rounds of one untimed and ``BLOCK`` timed calls
   each, and the median timed call is reported. The untimed call is there because each of
   TFP's calls, which build a D x D Jacobian per draw, touches about 1.6 GB of fresh memory
@@ -44,8 +44,6 @@ import numpy as np
 import scipy.stats
 import torch
 from timing import median_times
-
-jax.config.update("jax_enable_x64", True)
 
 N, N_QUICK = 2048, 512  # draws per speed measurement; --quick also fits one seed, one target
 K, D = 8, 64
@@ -140,17 +138,8 @@ def _jax_steps(k, d, n):
     steps = {}
     for name, loss in losses.items():
         grad = jax.jit(jax.grad(loss))
-        steps[name] = lambda grad=grad: _float32_call(grad, params)
+        steps[name] = lambda grad=grad: jax.block_until_ready(grad(params))
     return steps
-
-
-def _float32_call(fn, *args):
-    """``fn(*args)``, waited for, with JAX's 64-bit types off (NumPyro's default). With them on
-    (this module turns them on for the rest), NumPyro's ``Normal`` draws float64 variates even
-    for float32 parameters and returns float64 samples, so the float32 timings would run partly
-    in float64: the diagonal normal, whose time is mostly its draw, took twice as long."""
-    with jax.enable_x64(False):
-        return jax.block_until_ready(fn(*args))
 
 
 def speed(n, device, repeats=7):

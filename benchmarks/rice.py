@@ -27,10 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
-from timing import median_times
-
-# float64 runs need x64; enabled before numpyro_implicit (imported lazily below) makes arrays.
-jax.config.update("jax_enable_x64", True)
+from timing import jax_types, median_times
 
 N, N_QUICK = 1_000_000, 100_000  # draws per measurement; the runner's --quick uses N_QUICK
 DTYPES = ("float32", "float64")
@@ -117,14 +114,17 @@ def _torch_draw_grads(ratio, n, device, seed):
 
 def _jax_draw_grads(ratio, n, device, seed):
     """As :func:`_torch_draw_grads`; JAX runs on its default backend whatever ``device``."""
-    nu, sigma = jnp.full(n, ratio, jnp.float64), jnp.ones(n, jnp.float64)
 
     def draw_grads(sample, key):
+        nu, sigma = jnp.full(n, ratio, jnp.float64), jnp.ones(n, jnp.float64)
         grad = jax.jit(jax.grad(lambda nu, sigma: sample(key, nu, sigma, ()).sum(), (0, 1)))
         return tuple(np.asarray(g) for g in grad(nu, sigma))
 
     samplers = _jax_samplers().items()
-    return {name: draw_grads(s, jax.random.key(seed + i)) for i, (name, s) in enumerate(samplers)}
+    with jax_types("float64"):
+        return {
+            name: draw_grads(s, jax.random.key(seed + i)) for i, (name, s) in enumerate(samplers)
+        }
 
 
 HOSTS = {"torch": (_torch_steps, _torch_draw_grads), "jax": (_jax_steps, _jax_draw_grads)}
@@ -158,7 +158,8 @@ def speed(n=N, device=None, repeats=7):
         if not _available(host):
             continue
         for dtype in DTYPES:
-            t = median_times(make_steps(dtype, n, device), repeats)
+            with jax_types(dtype):  # harmless for torch
+                t = median_times(make_steps(dtype, n, device), repeats)
             rows.append(
                 {
                     "host": _host_label(host, device),

@@ -1,9 +1,19 @@
-"""Timing shared by the benchmark modules."""
+"""Timing and JAX's dtypes, shared by the benchmark modules."""
 
 from __future__ import annotations
 
 import statistics
 import time
+
+import jax
+
+
+def jax_types(dtype):
+    """A context with JAX's 64-bit types on for ``"float64"`` runs and off (JAX's and NumPyro's
+    default) for the others. No module turns them on for the whole process: with them on,
+    NumPyro's ``Normal`` and ``TruncatedNormal`` compute in float64 even for float32
+    parameters and return float64 draws, so float32 cells would time float64 work."""
+    return jax.enable_x64(dtype == "float64")
 
 
 def median_times(steps, repeats, block=1, settle=0):

@@ -3,7 +3,7 @@ TensorFlow Probability's (on JAX).
 
 * :func:`speed`: wall time of one draw of ``n`` samples from the normal ``N(0, 1)`` truncated to
   ``[-1, 2]`` plus the gradient of ``z.sum()`` in ``(loc, scale)``, float32 and float64, in one
-  process (JAX with its 64-bit types on for float64 only, see :func:`_jax_types`). JAX
+  process (JAX with its 64-bit types on for float64 only, see :func:`timing.jax_types`). JAX
   functions are ``jax.jit(jax.value_and_grad(...))``; ``jax.random.truncated_normal`` is made
   location-scale as ``loc + scale * truncated_normal(key, (low - loc)/scale, (high -
   loc)/scale)``. Each step waits for its result. After two warm-up calls each, the
@@ -29,9 +29,7 @@ import jax.numpy as jnp
 import mpmath as mp
 import numpy as np
 import torch
-from timing import median_times
-
-jax.config.update("jax_enable_x64", True)
+from timing import jax_types, median_times
 
 N, N_QUICK = 1_000_000, 100_000
 DTYPES = ("float32", "float64")
@@ -90,13 +88,6 @@ JAX_SAMPLERS = {
 }
 
 
-def _jax_types(dtype):
-    """JAX's 64-bit types on for float64 only (this module turns them on for the rest). With
-    them on, NumPyro's ``TruncatedNormal`` computes in float64 even for float32 parameters and
-    returns float64 draws, so its float32 cells would be float64 ones."""
-    return jax.enable_x64(dtype == "float64")
-
-
 def _jax_step(sample, dtype, n):
     low, high = (jnp.asarray(b, dtype) for b in SPEED_INTERVAL)
     params = (jnp.asarray(0.0, dtype), jnp.asarray(1.0, dtype))
@@ -130,7 +121,7 @@ def speed(n=N, device="cpu", repeats=7):
     """Speed: sample + gradient of z.sum() in (loc, scale), N(0, 1) on [-1, 2], median ms."""
     rows = []
     for dtype in DTYPES:
-        with _jax_types(dtype):
+        with jax_types(dtype):
             steps = {name: _jax_step(s, dtype, n) for name, s in JAX_SAMPLERS.items()}
             t = median_times(steps, repeats)
         t_torch = median_times({"torch": _torch_step(dtype, n, device)}, repeats)["torch"]
@@ -237,7 +228,7 @@ def tails(n=N, device="cpu"):
             }
             for name in JAX_SAMPLERS:
                 try:
-                    with _jax_types(dtype):
+                    with jax_types(dtype):
                         z, g = _jax_draws(name, low, high, dtype, n)
                     row[name] = _cell(z, g, low, high, dtype, mean)
                 except Exception as error:  # a peer that fails is reported, not hidden
