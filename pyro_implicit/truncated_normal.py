@@ -85,6 +85,12 @@ def _half_sq_diff(x, a):
     return (x - a) * (x + a) / 2
 
 
+def _scaled_mills(x):
+    """R(x)/sqrt(pi/2) = erfcx(x/sqrt 2) for finite x, kept finite: the argument is clamped at
+    -_ERFCX_FLOOR, below which erfcx would overflow (and S(x) = 1 to rounding)."""
+    return erfcx(torch.clamp(x, min=-_ERFCX_FLOOR[_precision(x)]) / math.sqrt(2))
+
+
 def _mills(x):
     """(log R(x), c(x)) with c = 1/R - x = -(log R)'(x), the mean excess of the tail beyond x,
     from one erfcx and one continued fraction:
@@ -103,7 +109,7 @@ def _mills(x):
     finite = torch.isfinite(x)
     far = finite & (x >= start)
     xn = torch.where(finite & ~far, x, 0.0)
-    scaled_r = erfcx(torch.clamp(xn, min=-floor) / math.sqrt(2))  # R / sqrt(pi/2), finite
+    scaled_r = _scaled_mills(xn)
     xf = torch.where(far, x, start)
     c_far = _continued_fraction(xf, 10)[0]
     c = torch.where(far, c_far, 1 / (math.sqrt(math.pi / 2) * scaled_r) - xn)
@@ -385,11 +391,8 @@ def _tail_moments(x):
     start, depth = _CF[_precision(x)]
     near = x < start
     xn = torch.where(near, x, 0.0)
-    # 1/R(x) = 1/(sqrt(pi/2) erfcx(x/sqrt 2)), 0 to rounding below -_ERFCX_FLOOR.
-    inv_r = 1 / (
-        math.sqrt(math.pi / 2)
-        * erfcx(torch.clamp(xn, min=-_ERFCX_FLOOR[_precision(x)]) / math.sqrt(2))
-    )
+    # 1/R(x), 0 to rounding below -_ERFCX_FLOOR
+    inv_r = 1 / (math.sqrt(math.pi / 2) * _scaled_mills(xn))
     c_near = inv_r - xn
     v_near = 1 - inv_r * c_near
     c_far, v_far = _continued_fraction(torch.clamp(x, min=start), depth)
