@@ -112,12 +112,16 @@ class TorchBackend:
         grads = [np.zeros(n) if g is None else g.numpy() for g in grads]
         return z.detach().numpy(), grads
 
-    def truncated_method(
-        self, family, params, low, high, method, value=None, dtype="float64", validate_args=None
+    def truncated_methods(
+        self, family, params, low, high, calls, dtype="float64", validate_args=None
     ):
+        """``d.<method>`` (value None) or ``d.<method>(value)`` for each ``(method, value)`` of
+        ``calls``, ``d`` the truncated distribution."""
         d = self.truncated(family, params, low, high, dtype, validate_args=validate_args)
-        out = getattr(d, method) if value is None else getattr(d, method)(self._t(value, dtype))
-        return out.detach().numpy()
+        return [
+            (getattr(d, m) if v is None else getattr(d, m)(self._t(v, dtype))).detach().numpy()
+            for m, v in calls
+        ]
 
     def truncated_icdf_grads(self, family, params, low, high, u, dtype="float64"):
         """z = icdf(u) and its derivatives in the base's parameters, low, high and u."""
@@ -129,12 +133,13 @@ class TorchBackend:
         grads = self.torch.autograd.grad(z.sum(), (*leaves, u_t))
         return z.detach().numpy(), [g.numpy() for g in grads]
 
-    def truncated_mean_grads(self, family, params, low, high, dtype="float64"):
-        """The mean and its gradient in each base parameter, low and high."""
+    def truncated_moments_grads(self, family, params, low, high, dtype="float64"):
+        """The mean, the variance and the mean's gradient in each base parameter, low and high."""
         leaves = [self._t(p, dtype, True) for p in (*params, low, high)]
         d = self.lib.TruncatedDistribution(self._base(family, leaves[:-2]), *leaves[-2:])
-        mean = d.mean
-        return mean.detach().numpy(), [g.numpy() for g in self.torch.autograd.grad(mean, leaves)]
+        mean, variance = d.mean, d.variance
+        grads = self.torch.autograd.grad(mean, leaves)
+        return mean.detach().numpy(), variance.detach().numpy(), [g.numpy() for g in grads]
 
     def unsupported_bases(self):
         import pyro.distributions as dist
@@ -248,27 +253,29 @@ class JaxBackend:
         z, grads = cache[family](leaves, self.jax.random.PRNGKey(seed))
         return np.asarray(z), [np.asarray(g) for g in grads]
 
-    def truncated_method(
-        self, family, params, low, high, method, value=None, dtype="float64", validate_args=None
+    def truncated_methods(
+        self, family, params, low, high, calls, dtype="float64", validate_args=None
     ):
-        if validate_args is not None:  # validation needs concrete values: no jit
-            d = self.truncated(family, params, low, high, dtype, validate_args=validate_args)
-            out = getattr(d, method) if value is None else getattr(d, method)(self._a(value, dtype))
-            return np.asarray(out)
-        # One XLA compilation of the whole evaluation instead of one per primitive (eager).
+        # One XLA compilation of all the calls, instead of one per primitive (eager) or per
+        # call. Validation under jit checks the bounds only where they are concrete: none here.
         has_low, has_high = low is not None, high is not None
         leaves = [self._a(p, dtype) for p in params]
         bounds = [self._a(b, dtype) for b in (low, high) if b is not None]
+        methods = [m for m, _ in calls]
 
         @self.jax.jit
-        def evaluate(leaves, bounds, value):
+        def evaluate(leaves, bounds, values):
             it = iter(bounds)
             lo, hi = (next(it) if has else None for has in (has_low, has_high))
-            d = self.lib.TruncatedDistribution(self._base(family, leaves), lo, hi)
-            return getattr(d, method) if value is None else getattr(d, method)(value)
+            base = self._base(family, leaves)
+            d = self.lib.TruncatedDistribution(base, lo, hi, validate_args=validate_args)
+            return [
+                getattr(d, m) if v is None else getattr(d, m)(v)
+                for m, v in zip(methods, values, strict=True)
+            ]
 
-        value = None if value is None else self._a(value, dtype)
-        return np.asarray(evaluate(leaves, bounds, value))
+        values = [None if v is None else self._a(v, dtype) for _, v in calls]
+        return [np.asarray(out) for out in evaluate(leaves, bounds, values)]
 
     def truncated_icdf_grads(self, family, params, low, high, u, dtype="float64"):
         leaves = [self._a(np.broadcast_to(p, np.shape(u)), dtype) for p in (*params, low, high)]
@@ -283,15 +290,16 @@ class JaxBackend:
         z = self.jax.jit(icdf)(leaves, u_a)
         return np.asarray(z), [np.asarray(g) for g in (*grads[0], grads[1])]
 
-    def truncated_mean_grads(self, family, params, low, high, dtype="float64"):
+    def truncated_moments_grads(self, family, params, low, high, dtype="float64"):
         leaves = [self._a(p, dtype) for p in (*params, low, high)]
 
-        def mean(leaves):
-            base = self._base(family, leaves[:-2])
-            return self.lib.TruncatedDistribution(base, *leaves[-2:]).mean
+        def moments(leaves):
+            d = self.lib.TruncatedDistribution(self._base(family, leaves[:-2]), *leaves[-2:])
+            return d.mean, d.variance
 
-        value, grads = self.jax.jit(self.jax.value_and_grad(mean))(leaves)
-        return np.asarray(value), [np.asarray(g) for g in grads]
+        grad = self.jax.jit(self.jax.value_and_grad(moments, has_aux=True))
+        (mean, variance), grads = grad(leaves)
+        return np.asarray(mean), np.asarray(variance), [np.asarray(g) for g in grads]
 
     def unsupported_bases(self):
         import numpyro.distributions as dist

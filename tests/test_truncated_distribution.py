@@ -241,7 +241,7 @@ def test_no_nan_or_inf_at_the_edges(backend, dtype):
             params,
             -INF if low is None else low,
             INF if high is None else high,
-            500,
+            N,  # as in the tail tests: JAX reuses their compiled functions
             3,
             dtype,
         )
@@ -258,19 +258,24 @@ def test_log_prob_cdf_icdf_match_scipy(backend, family):
     ref = scipy_dist(family, params)
     z = np.linspace(a, b, 7)[1:-1]
     outside = np.array([a - 0.1, b + 0.1]) if a > 0.1 else np.array([a - 1.0, b + 1.0])
-    lp = backend.truncated_method(family, params, a, b, "log_prob", z)
+    u = np.array([1e-12, 0.1, 0.5, 0.9, 1 - 1e-12])
+    # outside the support, log_prob is -inf: without validation (torch's would raise instead)
+    lp, lp_out, cdf, icdf = backend.truncated_methods(
+        family,
+        params,
+        a,
+        b,
+        [("log_prob", z), ("log_prob", outside), ("cdf", z), ("icdf", u)],
+        validate_args=False,
+    )
     log_z = _log_mass(ref, a, b)
     assert np.allclose(lp, ref.logpdf(z) - log_z, rtol=1e-12, atol=1e-12)
-    # outside the support: -inf (without validation; torch's validation raises instead)
-    lp_out = backend.truncated_method(
-        family, params, a, b, "log_prob", outside, validate_args=False
-    )
     assert np.all(lp_out == -INF)
-    cdf = backend.truncated_method(family, params, a, b, "cdf", z)
     assert np.allclose(cdf, np.exp(ref_log_cdf_pair(ref, z, a, b)[0]), rtol=1e-12, atol=1e-14)
-    u = np.array([1e-12, 0.1, 0.5, 0.9, 1 - 1e-12])
-    icdf = backend.truncated_method(family, params, a, b, "icdf", u)
     assert np.allclose(icdf, ref_quantile(family, params, a, b, u), rtol=1e-10, atol=1e-12)
+
+
+MOMENTS = [("mean", None), ("variance", None)]
 
 
 def ref_moments(family, params, a, b):
@@ -290,9 +295,9 @@ def test_mean_variance_and_mean_gradients(backend, family):
     """Moments against scipy's quadrature; the mean's gradient against finite differences."""
     params, (a, b) = BULK[family]
     mean, var = ref_moments(family, params, a, b)
-    assert np.isclose(backend.truncated_method(family, params, a, b, "mean"), mean, rtol=1e-11)
-    assert np.isclose(backend.truncated_method(family, params, a, b, "variance"), var, rtol=1e-10)
-    value, grads = backend.truncated_mean_grads(family, params, a, b)
+    ours_mean, ours_var, grads = backend.truncated_moments_grads(family, params, a, b)
+    assert np.isclose(ours_mean, mean, rtol=1e-11)
+    assert np.isclose(ours_var, var, rtol=1e-10)
     theta = [*params, a, b]
     for i, g in enumerate(grads):
         h = 1e-4 * max(1.0, abs(theta[i]))
@@ -310,24 +315,24 @@ def test_tail_moments(backend, family):
     params, intervals = TAILS[family]
     a, b = intervals[0]
     mean, var = ref_moments(family, params, a, b)
-    assert np.isclose(backend.truncated_method(family, params, a, b, "mean"), mean, rtol=1e-10)
-    assert np.isclose(backend.truncated_method(family, params, a, b, "variance"), var, rtol=1e-7)
+    ours_mean, ours_var = backend.truncated_methods(family, params, a, b, MOMENTS)
+    assert np.isclose(ours_mean, mean, rtol=1e-10)
+    assert np.isclose(ours_var, var, rtol=1e-7)
 
 
 def test_infinite_moments_are_honest(backend):
     """A Cauchy with an unbounded tail has no mean or variance; bounded, it has both."""
-    m = backend.truncated_method("Cauchy", (0.0, 1.0), 0.0, None, "mean")
-    v = backend.truncated_method("Cauchy", (0.0, 1.0), 0.0, None, "variance")
+    m, v = backend.truncated_methods("Cauchy", (0.0, 1.0), 0.0, None, MOMENTS)
     assert m == INF and v == INF
-    m = backend.truncated_method("Cauchy", (0.0, 1.0), None, None, "mean")
+    (m,) = backend.truncated_methods("Cauchy", (0.0, 1.0), None, None, [("mean", None)])
     assert np.isnan(m)
-    m = backend.truncated_method("Cauchy", (0.0, 1.0), None, 0.0, "mean")
+    (m,) = backend.truncated_methods("Cauchy", (0.0, 1.0), None, 0.0, [("mean", None)])
     assert m == -INF
     # Student t with 1 < df <= 2: the mean exists, the variance does not.
-    m = backend.truncated_method("StudentT", (1.5, 0.0, 1.0), 0.0, None, "mean")
+    m, v = backend.truncated_methods("StudentT", (1.5, 0.0, 1.0), 0.0, None, MOMENTS)
     ref = st.t(1.5)
     assert np.isclose(m, ref.expect(lambda x: x, lb=0) / 0.5, rtol=1e-6)
-    assert backend.truncated_method("StudentT", (1.5, 0.0, 1.0), 0.0, None, "variance") == INF
+    assert v == INF
 
 
 # --- parity, errors, shapes ---------------------------------------------------------------------
@@ -342,9 +347,10 @@ def test_adapters_agree(family):
     u = np.array([1e-9, 0.2, 0.5, 0.8, 1 - 1e-9])
     params, (a, b) = BULK[family]
     z = np.linspace(a, b, 6)
-    for method, value in (("log_prob", z), ("cdf", z), ("icdf", u)):
-        ours = [bk.truncated_method(family, params, a, b, method, value) for bk in (torch_, jax_)]
-        assert np.allclose(*ours, rtol=1e-12, atol=1e-14), (family, method)
+    calls = [("log_prob", z), ("cdf", z), ("icdf", u)]
+    ours = [bk.truncated_methods(family, params, a, b, calls) for bk in (torch_, jax_)]
+    for (method, _), t, j in zip(calls, *ours, strict=True):
+        assert np.allclose(t, j, rtol=1e-12, atol=1e-14), (family, method)
     ours = [bk.truncated_icdf_grads(family, params, a, b, u[1:-1]) for bk in (torch_, jax_)]
     assert np.allclose(ours[0][0], ours[1][0], rtol=1e-12)
     for g_torch, g_jax in zip(ours[0][1], ours[1][1], strict=True):
