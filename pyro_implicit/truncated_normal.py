@@ -127,9 +127,9 @@ def _log_mills(x):
 
 
 def _log_mills_ratio(x, a):
-    """log R(x) - log R(a) = log(S(x) phi(a) / (phi(x) S(a))) for finite x >= a; -inf at
-    a = -inf. Near x = a, where the difference of two logarithms has no digit left, it is
-    -integral_a^x c(t) dt by two-point Gauss-Legendre quadrature."""
+    """(log R(x) - log R(a), log R(x)) with the first = log(S(x) phi(a) / (phi(x) S(a))) for
+    finite x >= a; -inf at a = -inf. Near x = a, where the difference of two logarithms has no
+    digit left, it is -integral_a^x c(t) dt by two-point Gauss-Legendre quadrature."""
     finite = torch.isfinite(a)
     a = torch.where(finite, a, x)
     near = x - a < _NEAR[_precision(x)]
@@ -140,18 +140,33 @@ def _log_mills_ratio(x, a):
     log_r, gap = _mills(torch.stack(points))
     gauss = -half * (gap[2] + gap[3])
     direct = log_r[0] - log_r[1]
-    return torch.where(finite, torch.where(near, gauss, direct), -math.inf)
+    return torch.where(finite, torch.where(near, gauss, direct), -math.inf), log_r[0]
 
 
-def _log_ratios(x, a):
-    """(log S(x)/S(a), log R(x)/R(a)) for a <= x (x may be +inf, a -inf). The first keeps its
-    accuracy relative to its value through log R for a >= 0 (far right tail) and near x = a."""
+def _log_ratios(x, a, direct=None):
+    """(log S(x)/S(a), log R(x)/R(a), log R(x)) for a <= x (x may be +inf, a -inf). The first
+    keeps its accuracy relative to its value through log R for a >= 0 (far right tail) and near
+    x = a; elsewhere it is ``direct``, log S(x) - log S(a) (computed if not given)."""
     finite = torch.isfinite(x)
     xf = torch.where(finite, x, a + 1)
-    log_mills = torch.where(finite, _log_mills_ratio(xf, a), -math.inf)
+    log_mills, log_r = _log_mills_ratio(xf, a)
+    log_mills = torch.where(finite, log_mills, -math.inf)
     mills = torch.where(finite, log_mills - _half_sq_diff(xf, a), -math.inf)
     near = finite & torch.isfinite(a) & (x - a < _NEAR[_precision(x)])
-    return torch.where((a >= 0) | near, mills, _log_sf(x) - _log_sf(a)), log_mills
+    direct = _log_sf(x) - _log_sf(a) if direct is None else direct
+    log_sf = torch.where((a >= 0) | near, mills, direct)
+    return log_sf, log_mills, torch.where(finite, log_r, -math.inf)
+
+
+def _interval_ratios(x, a, b):
+    """(log S(x)/S(a), log S(b)/S(x), log R(x)/R(a)) for a <= x <= b: both pairs in one
+    evaluation of :func:`_log_ratios` (half the operations to dispatch), and each log S once,
+    in its own shape."""
+    sf_x, sf_a, sf_b = _log_sf(x), _log_sf(a), _log_sf(b)
+    x, a, b, direct_xa, direct_bx = torch.broadcast_tensors(x, a, b, sf_x - sf_a, sf_b - sf_x)
+    pairs = (torch.stack([x, b]), torch.stack([a, x]), torch.stack([direct_xa, direct_bx]))
+    log_sf, log_mills, _ = _log_ratios(*pairs)
+    return log_sf[0], log_sf[1], log_mills[0]
 
 
 def _log_sf_ratio(x, a):
@@ -265,10 +280,11 @@ def _refine(x, normal, target, y, a, b):
     x = torch.minimum(torch.maximum(torch.where(normal, x, tail), lo), hi)
 
     def newton_step(lo, hi, x):
-        g = _log_sf_ratio(x, a) - y  # decreasing and concave in x, with slope -1/R(x)
+        log_sf, _, log_r = _log_ratios(x, a)
+        g = log_sf - y  # decreasing and concave in x, with slope -1/R(x)
         lo = torch.where(g > 0, x, lo)
         hi = torch.where(g > 0, hi, x)
-        newton = x + torch.where(g == 0, 0.0, g * torch.exp(_log_mills(x)))
+        newton = x + torch.where(g == 0, 0.0, g * torch.exp(log_r))
         return (
             lo,
             hi,
@@ -291,11 +307,12 @@ def _standard_quantile(u, flip, a, b, log_p):
     log_u, log_1mu = torch.log(u_safe), torch.log1p(-u_safe)
     log_v, log_1mv = torch.where(flip, log_1mu, log_u), torch.where(flip, log_u, log_1mu)
     vp = torch.exp(log_v + log_p)
-    # log(1 - u' p) directly where that is accurate, else as log((1 - u') + u' S(b)/S(a)).
+    # log(1 - u' p) directly where that is accurate, else as log((1 - u') + u' S(b)/S(a)),
+    # with log S(b)/S(a) = log(1 - p) from log p rather than computed a second time
     y = torch.where(
         vp < 0.5,
         torch.log1p(-torch.where(vp < 0.5, vp, 0.0)),
-        torch.logaddexp(log_1mv, log_v + torch.clamp(_log_sf_ratio(b, a), max=0.0)),
+        torch.logaddexp(log_1mv, log_v + log1mexp(log_p)),
     )
     y = torch.clamp(y, max=0.0)
     target = _log_sf(a) + y  # log S(x)
@@ -324,8 +341,7 @@ def _dx_dbounds(x, flip, a, b, log_p):
     xr = torch.minimum(torch.maximum(torch.where(flip, -x, x), a), b)
     # dx/da = phi(a)/phi(x) (1 - F') = [R(x)/R(a)] (1 - S(b)/S(x)) / p: the ratio of Mills
     # ratios, never exp((x^2 - a^2)/2) times a tail probability that float32 cannot hold.
-    log_sf_xa, log_mills_xa = _log_ratios(xr, a)
-    log_sf_bx = _log_sf_ratio(b, xr)
+    log_sf_xa, log_sf_bx, log_mills_xa = _interval_ratios(xr, a, b)
     log_cdf, log_sf = _log_cdf_pair(log_sf_xa, log_sf_bx, log_p)
     log_da = log_mills_xa + log1mexp(torch.clamp(log_sf_bx, max=0.0)) - log_p
     log_db = torch.where(torch.isfinite(b), -_half_sq_diff(b, xr) + log_cdf, -math.inf)
@@ -573,7 +589,8 @@ class TruncatedNormal(TorchDistribution):
         if self._validate_args:
             self._validate_sample(value)
         flip, a, b, log_p, xr = self._leaning_right(value)
-        log_cdf, log_sf = _log_cdf_pair(_log_sf_ratio(xr, a), _log_sf_ratio(b, xr), log_p)
+        log_sf_xa, log_sf_bx, _ = _interval_ratios(xr, a, b)
+        log_cdf, log_sf = _log_cdf_pair(log_sf_xa, log_sf_bx, log_p)
         return torch.where(flip, log_sf, log_cdf), torch.where(flip, log_cdf, log_sf)
 
     def log_cdf(self, value):
