@@ -497,11 +497,11 @@ def test_parity_between_hosts():
             zj, gj = jax_b.icdf_grads(loc, scale, low, high, u, dtype)
             assert np.allclose(zt, zj, rtol=tol, atol=0), (low, high)
             # derivatives to rounding relative to the largest derivative of the draw
-            scale = np.max([np.abs(g) for g in gt if g is not None], axis=0)
+            largest = np.max([np.abs(g) for g in gt if g is not None], axis=0)
             for a, b in zip(gt, gj, strict=True):
                 assert (a is None) == (b is None)
                 if a is not None:
-                    assert np.all(np.abs(a - b) <= 10 * tol * np.maximum(np.abs(a), scale))
+                    assert np.all(np.abs(a - b) <= 10 * tol * np.maximum(np.abs(a), largest))
             for name in ("log_prob", "cdf"):
                 mt = torch_b.method(name, loc, scale, low, high, zt, dtype)
                 mj = jax_b.method(name, loc, scale, low, high, zt, dtype)
