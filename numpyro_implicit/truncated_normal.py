@@ -432,7 +432,6 @@ def _continued_fraction(x, depth):
     return c, c * (2 * e - c)
 
 
-@jax.jit
 def _standard_moments(flip, a, b, log_p):
     """Mean and variance of the standardized truncated law (original orientation).
 
@@ -477,6 +476,41 @@ def _standard_moments(flip, a, b, log_p):
     mean = jnp.where(narrow, fa + q_t1, jnp.where(right, right_mean, left_mean))
     var = jnp.where(narrow, q_var, jnp.where(right, right_var, left_var))
     return jnp.where(flip, -mean, mean), var
+
+
+def _leaning_right(value, loc, scale, low, high):
+    """The frame of ``value``: (flip, a, b, log p, xr), xr clamped to [a, b]."""
+    _, _, flip, a, b, log_p = _frame(loc, scale, low, high)
+    x = (value - loc) / scale
+    xr = jnp.minimum(jnp.maximum(jnp.where(flip, -x, x), a), b)
+    return flip, a, b, log_p, xr
+
+
+# log_prob, the CDF and the moments are compiled as a whole, as the sampler is: evaluated eagerly,
+# their hundreds of operations took 8-18 ms a call, and seconds for the first call in a process.
+@jax.jit
+def _log_prob(value, loc, scale, low, high):
+    _, a, _, log_p, xr = _leaning_right(value, loc, scale, low, high)
+    # log(phi(x) / Z) with Z = S(a) p, the ratio phi(x)/S(a) through the Mills ratio.
+    lp = -_log_sf_over_pdf(a, xr) - log_p - jnp.log(scale)
+    return jnp.where((value >= low) & (value <= high), lp, -jnp.inf)
+
+
+@jax.jit
+def _log_cdf_sf(value, loc, scale, low, high):
+    """(log F_T, log(1 - F_T)) at ``value``."""
+    flip, a, b, log_p, xr = _leaning_right(value, loc, scale, low, high)
+    log_sf_xa, log_sf_bx, _ = _interval_ratios(xr, a, b)
+    log_cdf, log_sf = _log_cdf_pair(log_sf_xa, log_sf_bx, log_p)
+    return jnp.where(flip, log_sf, log_cdf), jnp.where(flip, log_cdf, log_sf)
+
+
+@jax.jit
+def _moments(loc, scale, low, high):
+    """Mean and variance of the truncated law."""
+    _, _, flip, a, b, log_p = _frame(loc, scale, low, high)
+    mean, variance = _standard_moments(flip, a, b, log_p)
+    return loc + scale * mean, scale**2 * variance
 
 
 class TruncatedNormal(ConstraintMessageMixin, Distribution):
@@ -595,29 +629,14 @@ class TruncatedNormal(ConstraintMessageMixin, Distribution):
         z = lax.stop_gradient(self._quantile(u))
         return implicit_reparameterize(z, (*self._params(), u), grad=_icdf_grad)
 
-    def _leaning_right(self, value):
-        """The frame of ``value``: (flip, a, b, log p, xr), xr clamped to [a, b]."""
-        loc, scale, low, high = self._params()
-        _, _, flip, a, b, log_p = _frame(loc, scale, low, high)
-        x = (value - loc) / scale
-        xr = jnp.minimum(jnp.maximum(jnp.where(flip, -x, x), a), b)
-        return flip, a, b, log_p, xr
-
     @validate_sample
     def log_prob(self, value: ArrayLike) -> jax.Array:
-        _, a, _, log_p, xr = self._leaning_right(value)
-        _, scale, low, high = self._params()
-        # log(phi(x) / Z) with Z = S(a) p, the ratio phi(x)/S(a) through the Mills ratio.
-        lp = -_log_sf_over_pdf(a, xr) - log_p - jnp.log(scale)
-        return jnp.where((value >= low) & (value <= high), lp, -jnp.inf)
+        return _log_prob(value, *self._params())
 
     def _log_cdf_sf(self, value):
         if self._validate_args:
             self._validate_sample(value)
-        flip, a, b, log_p, xr = self._leaning_right(value)
-        log_sf_xa, log_sf_bx, _ = _interval_ratios(xr, a, b)
-        log_cdf, log_sf = _log_cdf_pair(log_sf_xa, log_sf_bx, log_p)
-        return jnp.where(flip, log_sf, log_cdf), jnp.where(flip, log_cdf, log_sf)
+        return _log_cdf_sf(value, *self._params())
 
     def log_cdf(self, value: ArrayLike) -> jax.Array:
         r""":math:`\log F_T`, computed in log space (no cancellation near the upper bound)."""
@@ -630,16 +649,10 @@ class TruncatedNormal(ConstraintMessageMixin, Distribution):
     def cdf(self, value: ArrayLike) -> jax.Array:
         return jnp.exp(self.log_cdf(value))
 
-    def _standard_moments(self):
-        _, _, flip, a, b, log_p = _frame(*self._params())
-        return _standard_moments(flip, a, b, log_p)
-
     @property
     def mean(self) -> jax.Array:
-        loc, scale, _, _ = self._params()
-        return loc + scale * self._standard_moments()[0]
+        return _moments(*self._params())[0]
 
     @property
     def variance(self) -> jax.Array:
-        _, scale, _, _ = self._params()
-        return scale**2 * self._standard_moments()[1]
+        return _moments(*self._params())[1]
