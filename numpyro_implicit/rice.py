@@ -94,7 +94,7 @@ class Rice(ConstraintMessageMixin, Distribution):
     def _log_cdf_sf(self, value):
         if self._validate_args:
             self._validate_sample(value)
-        return log_marcum_q(self.nu / self.sigma, value / self.sigma)
+        return _log_tails(value, self.nu, self.sigma)
 
     def log_cdf(self, value: ArrayLike) -> jax.Array:
         """Logarithm of the CDF, accurate far into the lower tail."""
@@ -129,6 +129,12 @@ class Rice(ConstraintMessageMixin, Distribution):
         return self.sigma**2 * rice_standard_moments(self.nu / self.sigma)[1]
 
 
+@jax.jit
+def _log_tails(value, nu, sigma):
+    """(log F, log S) at ``value``, compiled whole: eagerly, its operations took 6-12 ms a call."""
+    return log_marcum_q(nu / sigma, value / sigma)
+
+
 def _shifted_cdf(z, nu, sigma, u):
     """F(z) - u, the standardization whose root is the quantile."""
     return jnp.exp(log_marcum_q(nu / sigma, z / sigma)[0]) - u
@@ -148,6 +154,7 @@ def _log_prob(z, nu, sigma):
     )
 
 
+@jax.jit  # eagerly, its loop was traced and compiled anew at every call (0.6-0.9 s)
 def _standard_icdf(a, u):
     """Solve 1 - Q_1(a, b) = u for b >= 0 (no gradient)."""
     a, u = jnp.broadcast_arrays(a, u)
