@@ -137,7 +137,7 @@ def _log_tails(value, nu, sigma):
 
 def _shifted_cdf(z, nu, sigma, u):
     """F(z) - u, the standardization whose root is the quantile."""
-    return jnp.exp(log_marcum_q(nu / sigma, z / sigma)[0]) - u
+    return jnp.exp(_log_tails(z, nu, sigma)[0]) - u
 
 
 def _log_prob_of_shifted(z, nu, sigma, u):

@@ -497,7 +497,7 @@ def _log_prob(value, loc, scale, low, high):
 
 
 @jax.jit
-def _log_cdf_sf(value, loc, scale, low, high):
+def _log_tails(value, loc, scale, low, high):
     """(log F_T, log(1 - F_T)) at ``value``."""
     flip, a, b, log_p, xr = _leaning_right(value, loc, scale, low, high)
     log_sf_xa, log_sf_bx, _ = _interval_ratios(xr, a, b)
@@ -636,7 +636,7 @@ class TruncatedNormal(ConstraintMessageMixin, Distribution):
     def _log_cdf_sf(self, value):
         if self._validate_args:
             self._validate_sample(value)
-        return _log_cdf_sf(value, *self._params())
+        return _log_tails(value, *self._params())
 
     def log_cdf(self, value: ArrayLike) -> jax.Array:
         r""":math:`\log F_T`, computed in log space (no cancellation near the upper bound)."""
