@@ -103,6 +103,7 @@ class MixtureSameFamily(_NumPyroMixtureSameFamily):
             raise ValueError(
                 f"MixtureSameFamily: `weights` must be one of {_WEIGHT_ESTIMATORS}, got {weights!r}"
             )
+        _check_arguments(mixing_distribution, component_distribution)
         component_distribution = _unexpanded(component_distribution)
         _univariate_base(component_distribution)  # TypeError for unsupported components
         self.weights = weights
@@ -114,18 +115,7 @@ class MixtureSameFamily(_NumPyroMixtureSameFamily):
         # The host accepts only supports free of parameters (its `support` would keep the
         # component axis); truncated components are welcome here, with the hull of their
         # supports as the mixture's (`support` below). Otherwise the host's own initialization.
-        if not isinstance(mixing_distribution, (CategoricalLogits, CategoricalProbs)):
-            raise ValueError(
-                "MixtureSameFamily: `mixing_distribution` must be a Categorical, got "
-                f"{type(mixing_distribution).__name__}"
-            )
         self._mixture_size = jnp.shape(mixing_distribution.probs)[-1]
-        if component_distribution.batch_shape[-1] != self._mixture_size:
-            raise ValueError(
-                "MixtureSameFamily: the last batch dimension of `component_distribution` "
-                f"({component_distribution.batch_shape[-1]}) must be the number of components "
-                f"({self._mixture_size})"
-            )
         self._mixing_distribution = mixing_distribution
         self._component_distribution = component_distribution
         batch_shape = lax.broadcast_shapes(
@@ -266,6 +256,28 @@ def weight_score(fn, value):
     if isinstance(fn, MixtureSameFamily) and fn.weights == "score":
         return fn.weight_score(value)
     return None
+
+
+def _check_arguments(mixing, component):
+    """The host's checks of the arguments, made first and each a ``ValueError`` naming the
+    argument (the host asserts the number of components, and a component without batch
+    dimensions would fail with an ``IndexError``)."""
+    if not isinstance(mixing, (CategoricalLogits, CategoricalProbs)):
+        raise ValueError(
+            "MixtureSameFamily: `mixing_distribution` must be a Categorical, got "
+            f"{type(mixing).__name__}"
+        )
+    if not isinstance(component, Distribution):
+        raise ValueError(
+            "MixtureSameFamily: `component_distribution` must be a NumPyro Distribution, got "
+            f"{type(component).__name__}"
+        )
+    size = jnp.shape(mixing.logits)[-1]
+    if len(component.batch_shape) == 0 or component.batch_shape[-1] != size:
+        raise ValueError(
+            "MixtureSameFamily: the last batch dimension of `component_distribution` must be "
+            f"the number of components ({size}), got batch shape {tuple(component.batch_shape)}"
+        )
 
 
 def _missing(bound):

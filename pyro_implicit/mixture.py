@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as nnf
 from pyro.distributions import MixtureSameFamily as _PyroMixtureSameFamily
 from pyro.distributions.score_parts import ScoreParts
-from torch.distributions import Independent, constraints
+from torch.distributions import Categorical, Distribution, Independent, constraints
 
 from . import base_cdf
 from ._implicit import implicit_reparameterize
@@ -93,6 +93,7 @@ class MixtureSameFamily(_PyroMixtureSameFamily):
             raise ValueError(
                 f"MixtureSameFamily: `weights` must be one of {_WEIGHT_ESTIMATORS}, got {weights!r}"
             )
+        _check_arguments(mixture_distribution, component_distribution)
         _univariate_base(component_distribution)  # TypeError for unsupported components
         self.weights = weights
         super().__init__(mixture_distribution, component_distribution, validate_args=validate_args)
@@ -166,6 +167,28 @@ class MixtureSameFamily(_PyroMixtureSameFamily):
             responsibilities = torch.softmax(log_joint, dim=-1)
         score = (responsibilities * log_pi).sum(-1)  # [S, B]
         return ScoreParts(log_prob=log_prob, score_function=score, entropy_term=log_prob)
+
+
+def _check_arguments(mixture, component):
+    """The host's checks of the arguments, made first and each a ``ValueError`` naming the
+    argument (a component without batch dimensions would fail in the host with an
+    ``IndexError``)."""
+    if not isinstance(mixture, Categorical):
+        raise ValueError(
+            "MixtureSameFamily: `mixture_distribution` must be a Categorical, got "
+            f"{type(mixture).__name__}"
+        )
+    if not isinstance(component, Distribution):
+        raise ValueError(
+            "MixtureSameFamily: `component_distribution` must be a torch Distribution, got "
+            f"{type(component).__name__}"
+        )
+    size = mixture.logits.shape[-1]
+    if len(component.batch_shape) == 0 or component.batch_shape[-1] != size:
+        raise ValueError(
+            "MixtureSameFamily: the last batch dimension of `component_distribution` must be "
+            f"the number of components ({size}), got batch shape {tuple(component.batch_shape)}"
+        )
 
 
 def _missing(bound):

@@ -699,6 +699,40 @@ def test_host_behaviour_is_kept(mixtures):
         )
 
 
+@pytest.mark.parametrize(
+    "case, match",
+    [
+        ("not categorical", "must be a Categorical"),
+        ("not a distribution", "must be a .* Distribution, got float"),
+        ("no component axis", r"number of components \(2\), got batch shape \(\)"),
+        ("too few components", r"number of components \(2\), got batch shape \(3, 1\)"),
+        ("truncated, too few", r"number of components \(2\), got batch shape \(1,\)"),
+    ],
+)
+def test_invalid_arguments_raise_value_errors(mixtures, case, match):
+    """Each bad argument is a ValueError naming it in both hosts (NumPyro's own class asserts
+    the number of components; both would fail with an IndexError on a scalar component)."""
+    convert = getattr(mixtures, "_t", None) or mixtures._a
+    dist = mixtures.dist
+
+    def array(value):
+        return convert(np.asarray(value, dtype=float), "float64")
+
+    logits = array([0.0, 0.0])
+    mixing = dist.Normal(logits, 1.0) if case == "not categorical" else None
+    if case == "not a distribution":
+        component = 3.0
+    elif case == "truncated, too few":  # a valid one-component mixture's truncated components
+        params = [array([v]) for v in (0.0, 1.0, -1.0, 1.0)]
+        component = mixtures.make("TruncatedNormal", logits[:1], params, False)
+        component = component.component_distribution
+    else:
+        shape = {"no component axis": (), "too few components": (3, 1)}.get(case, (2,))
+        component = dist.Normal(array(np.zeros(shape)), 1.0)
+    with pytest.raises(ValueError, match=match):
+        mixtures.lib.MixtureSameFamily(mixing or dist.Categorical(logits=logits), component)
+
+
 def test_jax_jit_vmap_and_pytree():
     import jax
     import jax.numpy as jnp
