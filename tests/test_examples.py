@@ -52,10 +52,15 @@ def test_custom_numpyro_distribution_matches_native_gradient():
 
 
 @pytest.mark.slow
-def test_quickstart_runs(tmp_path):
+@pytest.mark.parametrize("weights", ["implicit", "score"])
+def test_quickstart_runs(tmp_path, weights):
     env = {**os.environ, "CI": "1"}
     out = subprocess.run(
-        [sys.executable, str(EXAMPLES / "quickstart.py"), "--plot", str(tmp_path / "q.png")],
+        [
+            sys.executable,
+            str(EXAMPLES / "quickstart.py"),
+            *("--weights", weights, "--plot", str(tmp_path / "q.png")),
+        ],
         env=env,
         capture_output=True,
         text=True,
