@@ -106,9 +106,16 @@ def _logistic(dist, v):
 
 
 def _gumbel(dist, v):
-    # F = exp(-exp(-x)); the argument of log1mexp stays below 0 for finite x.
-    e = jnp.exp(-_standard(dist, v))
-    return -e, log1mexp(-e)
+    # F = exp(-e) with e = exp(-x), taken at x clamped where e is finite: left of that, log F is
+    # -inf in the dtype and log S is 0, and the clamp keeps their derivatives 0 rather than NaN.
+    # Right of x = 20, log S = log(1 - exp(-e)) = -x - e/2 within e^2/24: e underflows beyond
+    # x = 88 in float32, where log S is still -x.
+    x = _standard(dist, v)
+    lowest = 1 - math.log(jnp.finfo(x.dtype).max)
+    e = jnp.exp(-jnp.maximum(x, lowest))
+    far = x > 20
+    log_s = jnp.where(far, -x - e / 2, log1mexp(-jnp.where(far, 1.0, e)))
+    return jnp.where(x < lowest, -jnp.inf, -e), log_s
 
 
 def _exponential(dist, v):
@@ -223,10 +230,14 @@ def log_cdf_pair(dist, value):
     finite_lower, finite_upper = jnp.isfinite(lower), jnp.isfinite(upper)
     safe_lower = jnp.where(finite_lower, lower, 0.0)
     safe_upper = jnp.where(finite_upper, upper, 0.0)
+    # On the whole line, the base's location where it has one: 0 may lie hundreds of scales out
+    # (where a Gumbel's exp(-x) overflows).
+    centre = getattr(dist, "loc", None)
+    centre = 0.0 if centre is None else lax.stop_gradient(jnp.asarray(centre, value.dtype))
     stand_in = jnp.where(
         finite_lower & finite_upper,
         (safe_lower + safe_upper) / 2,
-        jnp.where(finite_lower, safe_lower + 1, jnp.where(finite_upper, safe_upper - 1, 0.0)),
+        jnp.where(finite_lower, safe_lower + 1, jnp.where(finite_upper, safe_upper - 1, centre)),
     )
     v = jnp.where(inside, value, stand_in)
     fn = _family(dist) or _generic

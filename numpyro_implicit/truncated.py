@@ -171,11 +171,11 @@ def _quantile(treedef, log_scale, leaves, low, high, log_u, log_1mu):
     tol = 32 * eps * jnp.maximum(jnp.abs(target), 1.0)
 
     def cond(state):
-        i, _, _, _, done = state
+        i, *_, done = state
         return (i < _MAX_STEPS) & ~jnp.all(done)
 
     def body(state):
-        i, y, y_lo, y_hi, _ = state
+        i, y, y_lo, y_hi, last, before, _ = state
         x = jnp.exp(y) if log_scale else y
         log_f, log_s = log_cdf_pair(base, x)
         g = jnp.where(use_f, log_f - target_f, target_s - log_s)  # increasing in y
@@ -190,11 +190,16 @@ def _quantile(treedef, log_scale, leaves, low, high, log_u, log_1mu):
         # quadrature carries its own rounding error, below which g cannot be driven), or
         # when the Newton step is at rounding level; the last Newton step is still taken.
         done = (jnp.abs(g) <= tol) | (newton_ok & (jnp.abs(newton - y) <= 4 * eps * jnp.abs(y)))
-        y = jnp.where(newton_ok, newton, jnp.where(done, y, _bisect(y_lo, y_hi)))
-        return i + 1, y, y_lo, y_hi, done
+        # A Newton step not under half the step before last converges too slowly (far in a
+        # tail, float32 may give the slope no correct digit): bisect instead.
+        slow = jnp.abs(newton - y) > before / 2
+        take = newton_ok & (done | ~slow)
+        y_next = jnp.where(take, newton, jnp.where(done, y, _bisect(y_lo, y_hi)))
+        return i + 1, y_next, y_lo, y_hi, jnp.abs(y_next - y), last, done
 
-    state = (0, y, y_lo, y_hi, jnp.zeros(y.shape, bool))
-    _, y, _, _, _ = lax.while_loop(cond, body, state)
+    infinite = jnp.full(y.shape, jnp.inf, y.dtype)
+    state = (0, y, y_lo, y_hi, infinite, infinite, jnp.zeros(y.shape, bool))
+    _, y, *_ = lax.while_loop(cond, body, state)
     z = jnp.exp(y) if log_scale else y
     # Rounding of exp(log z) aside, z is already in the bracket.
     return jnp.minimum(jnp.maximum(z, lo), hi)

@@ -110,9 +110,16 @@ def _logistic(dist, v):
 
 
 def _gumbel(dist, v):
-    # F = exp(-exp(-x)); the argument of log1mexp stays below 0 for finite x.
-    e = torch.exp(-_standard(dist, v))
-    return -e, log1mexp(-e)
+    # F = exp(-e) with e = exp(-x), taken at x clamped where e is finite: left of that, log F is
+    # -inf in the dtype and log S is 0, and the clamp keeps their gradients 0 rather than NaN.
+    # Right of x = 20, log S = log(1 - exp(-e)) = -x - e/2 within e^2/24: e underflows beyond
+    # x = 88 in float32, where log S is still -x.
+    x = _standard(dist, v)
+    lowest = 1 - math.log(torch.finfo(x.dtype).max)
+    e = torch.exp(-torch.clamp(x, min=lowest))
+    far = x > 20
+    log_s = torch.where(far, -x - e / 2, log1mexp(-torch.where(far, 1.0, e)))
+    return torch.where(x < lowest, -math.inf, -e), log_s
 
 
 def _exponential(dist, v):
@@ -289,10 +296,16 @@ def _inside(dist, value):
     finite_lower, finite_upper = torch.isfinite(lower), torch.isfinite(upper)
     safe_lower = torch.where(finite_lower, lower, 0.0)
     safe_upper = torch.where(finite_upper, upper, 0.0)
+    # On the whole line, the base's location where it has one: 0 may lie hundreds of scales out
+    # (where a Gumbel's exp(-x) overflows).
+    centre = getattr(dist, "loc", None)
+    centre = centre.detach() if isinstance(centre, torch.Tensor) else 0.0
     stand_in = torch.where(
         finite_lower & finite_upper,
         (safe_lower + safe_upper) / 2,
-        torch.where(finite_lower, safe_lower + 1, torch.where(finite_upper, safe_upper - 1, 0.0)),
+        torch.where(
+            finite_lower, safe_lower + 1, torch.where(finite_upper, safe_upper - 1, centre)
+        ),
     )
     return torch.where(inside, value, stand_in), inside, below
 

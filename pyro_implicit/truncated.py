@@ -256,6 +256,7 @@ class TruncatedUnivariate(TorchDistribution):
         y = torch.where(inside, y, _bisect(y_lo, y_hi))
         eps = torch.finfo(y.dtype).eps
         tol = 32 * eps * torch.clamp(target.abs(), min=1.0)
+        last = before = torch.full_like(y, math.inf)  # the sizes of the last two steps
         for _ in range(_MAX_STEPS):
             x = torch.exp(y) if log_scale else y
             log_f, log_s = log_cdf_pair(base, x)
@@ -271,7 +272,12 @@ class TruncatedUnivariate(TorchDistribution):
             # quadrature carries its own rounding error, below which g cannot be driven), or
             # when the Newton step is at rounding level; the last Newton step is still taken.
             done = (g.abs() <= tol) | (newton_ok & ((newton - y).abs() <= 4 * eps * y.abs()))
-            y = torch.where(newton_ok, newton, torch.where(done, y, _bisect(y_lo, y_hi)))
+            # A Newton step not under half the step before last converges too slowly (far in
+            # a tail, float32 may give the slope no correct digit): bisect instead.
+            slow = (newton - y).abs() > before / 2
+            take = newton_ok & (done | ~slow)
+            y_next = torch.where(take, newton, torch.where(done, y, _bisect(y_lo, y_hi)))
+            last, before, y = (y_next - y).abs(), last, y_next
             if bool(done.all()):
                 break
         z = torch.exp(y) if log_scale else y
