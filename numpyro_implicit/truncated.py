@@ -397,6 +397,27 @@ class TruncatedUnivariate(ConstraintMessageMixin, Distribution):
         lp = _truncated_log_prob(self.base_dist, safe, self.low, self.high)
         return jnp.where(inside, lp, -jnp.inf)
 
+    def log_cdf(self, value: ArrayLike) -> jax.Array:
+        r""":math:`\log F_T`, from log-space differences of the base's smaller tail: finite
+        where :math:`F_T` underflows (base_cdf uses it for mixtures of truncated laws)."""
+        if self._validate_args:
+            self._validate_sample(value)
+        return _compiled("_log_cdf_pair", self, jnp.asarray(value, self._dtype))[0]
+
+    def log_sf(self, value: ArrayLike) -> jax.Array:
+        r""":math:`\log(1 - F_T)`, likewise."""
+        if self._validate_args:
+            self._validate_sample(value)
+        return _compiled("_log_cdf_pair", self, jnp.asarray(value, self._dtype))[1]
+
+    def _log_cdf_pair(self, value):
+        lo, hi = _bracket(self.base_dist, self.low, self.high)
+        at_z = log_cdf_pair(self.base_dist, jnp.minimum(jnp.maximum(value, lo), hi))
+        at_low = log_cdf_pair(self.base_dist, self.low)
+        at_high = log_cdf_pair(self.base_dist, self.high)
+        log_z = _log_mass(at_low, at_high)
+        return _log_mass(at_low, at_z) - log_z, _log_mass(at_z, at_high) - log_z
+
     def cdf(self, value: ArrayLike) -> jax.Array:
         if self._validate_args:
             self._validate_sample(value)

@@ -344,6 +344,26 @@ class TruncatedUnivariate(TorchDistribution):
         lp = base_log_prob(base, safe) - self._log_mass(base)
         return torch.where(inside, lp, -math.inf)
 
+    def log_cdf(self, value):
+        r""":math:`\log F_T`, from log-space differences of the base's smaller tail: finite
+        where :math:`F_T` underflows (base_cdf uses it for mixtures of truncated laws)."""
+        return self._log_cdf_pair(value)[0]
+
+    def log_sf(self, value):
+        r""":math:`\log(1 - F_T)`, likewise."""
+        return self._log_cdf_pair(value)[1]
+
+    def _log_cdf_pair(self, value):
+        if self._validate_args:
+            self._validate_sample(value)
+        value = torch.as_tensor(value, dtype=self.low.dtype, device=self.low.device)
+        base = self._unchecked_base()
+        lo, hi = self._bracket()
+        at_z = log_cdf_pair(base, torch.minimum(torch.maximum(value, lo), hi))
+        at_low, at_high = log_cdf_pair(base, self.low), log_cdf_pair(base, self.high)
+        log_z = _log_mass(at_low, at_high)
+        return _log_mass(at_low, at_z) - log_z, _log_mass(at_z, at_high) - log_z
+
     def cdf(self, value):
         if self._validate_args:
             self._validate_sample(value)

@@ -275,19 +275,36 @@ def test_log_prob_cdf_icdf_match_scipy(backend, family):
     outside = np.array([a - 0.1, b + 0.1]) if a > 0.1 else np.array([a - 1.0, b + 1.0])
     u = np.array([1e-12, 0.1, 0.5, 0.9, 1 - 1e-12])
     # outside the support, log_prob is -inf: without validation (torch's would raise instead)
-    lp, lp_out, cdf, icdf = backend.truncated_methods(
-        family,
-        params,
-        a,
-        b,
-        [("log_prob", z), ("log_prob", outside), ("cdf", z), ("icdf", u)],
-        validate_args=False,
+    calls = [("log_prob", z), ("log_prob", outside), ("cdf", z), ("icdf", u)]
+    calls += [("log_cdf", z), ("log_sf", z)]
+    lp, lp_out, cdf, icdf, log_cdf, log_sf = backend.truncated_methods(
+        family, params, a, b, calls, validate_args=False
     )
     log_z = _log_mass(ref, a, b)
     assert np.allclose(lp, ref.logpdf(z) - log_z, rtol=1e-12, atol=1e-12)
     assert np.all(lp_out == -INF)
-    assert np.allclose(cdf, np.exp(ref_log_cdf_pair(ref, z, a, b)[0]), rtol=1e-12, atol=1e-14)
+    ref_log_cdf, ref_log_sf = ref_log_cdf_pair(ref, z, a, b)
+    assert np.allclose(cdf, np.exp(ref_log_cdf), rtol=1e-12, atol=1e-14)
     assert np.allclose(icdf, ref_quantile(family, params, a, b, u), rtol=1e-10, atol=1e-12)
+    assert np.allclose(log_cdf, ref_log_cdf, rtol=1e-12, atol=1e-14)
+    assert np.allclose(log_sf, ref_log_sf, rtol=1e-12, atol=1e-14)
+
+
+def test_log_cdf_where_the_cdf_underflows(backend):
+    """Gumbel(7.33, 0.344) on [-1.4093, -1.4054], 25 scales into its left tail: the mass sits
+    within 1e-11 of the upper bound, and F_T in the middle of the interval is exp(-5e8). Its
+    log is finite, from log-space differences (a mixture of such components needs it)."""
+    params = (7.330894040043431, 0.34406430846501596)
+    a, b = -1.4092665343127315, -1.4053929617959182
+    ref = scipy_dist("Gumbel", params)
+    z = np.array([-1.408, -1.407, -1.406])
+    log_cdf, log_sf = backend.truncated_methods(
+        "Gumbel", params, a, b, [("log_cdf", z), ("log_sf", z)]
+    )
+    ref_log_cdf, ref_log_sf = ref_log_cdf_pair(ref, z, a, b)
+    assert np.all(ref_log_cdf < -1e8)
+    assert np.allclose(log_cdf, ref_log_cdf, rtol=1e-9)
+    assert np.all(log_sf == 0.0) and np.all(ref_log_sf == 0.0)
 
 
 MOMENTS = [("mean", None), ("variance", None)]
