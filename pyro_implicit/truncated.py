@@ -332,12 +332,16 @@ class TruncatedUnivariate(TorchDistribution):
     def _log_mass(self, base):
         return _log_mass(log_cdf_pair(base, self.low), log_cdf_pair(base, self.high))
 
-    def log_prob(self, value):
+    def _checked(self, value):
+        """``value`` (validated) as a tensor of the bounds' dtype, and the bracket."""
         if self._validate_args:
             self._validate_sample(value)
         value = torch.as_tensor(value, dtype=self.low.dtype, device=self.low.device)
+        return value, *self._bracket()
+
+    def log_prob(self, value):
+        value, lo, hi = self._checked(value)
         base = self._unchecked_base()
-        lo, hi = self._bracket()
         inside = (value >= lo) & (value <= hi)
         # The base sees only values in the interval (its own log_prob may reject the others).
         safe = torch.where(inside, value, torch.where(torch.isfinite(lo), lo, hi))
@@ -354,21 +358,15 @@ class TruncatedUnivariate(TorchDistribution):
         return self._log_cdf_pair(value)[1]
 
     def _log_cdf_pair(self, value):
-        if self._validate_args:
-            self._validate_sample(value)
-        value = torch.as_tensor(value, dtype=self.low.dtype, device=self.low.device)
+        value, lo, hi = self._checked(value)
         base = self._unchecked_base()
-        lo, hi = self._bracket()
         at_z = log_cdf_pair(base, torch.minimum(torch.maximum(value, lo), hi))
         at_low, at_high = log_cdf_pair(base, self.low), log_cdf_pair(base, self.high)
         log_z = _log_mass(at_low, at_high)
         return _log_mass(at_low, at_z) - log_z, _log_mass(at_z, at_high) - log_z
 
     def cdf(self, value):
-        if self._validate_args:
-            self._validate_sample(value)
-        value = torch.as_tensor(value, dtype=self.low.dtype, device=self.low.device)
-        lo, hi = self._bracket()
+        value, lo, hi = self._checked(value)
         z = torch.minimum(torch.maximum(value, lo), hi)
         f = _truncated_cdf(self._unchecked_base(), z, self.low, self.high)[0]
         return torch.clamp(f, 0.0, 1.0)
