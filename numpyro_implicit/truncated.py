@@ -400,15 +400,16 @@ class TruncatedUnivariate(ConstraintMessageMixin, Distribution):
     def log_cdf(self, value: ArrayLike) -> jax.Array:
         r""":math:`\log F_T`, from log-space differences of the base's smaller tail: finite
         where :math:`F_T` underflows (base_cdf uses it for mixtures of truncated laws)."""
-        if self._validate_args:
-            self._validate_sample(value)
-        return _compiled("_log_cdf_pair", self, jnp.asarray(value, self._dtype))[0]
+        return self._log_tails(value)[0]
 
     def log_sf(self, value: ArrayLike) -> jax.Array:
         r""":math:`\log(1 - F_T)`, likewise."""
+        return self._log_tails(value)[1]
+
+    def _log_tails(self, value):
         if self._validate_args:
             self._validate_sample(value)
-        return _compiled("_log_cdf_pair", self, jnp.asarray(value, self._dtype))[1]
+        return _compiled("_log_cdf_pair", self, jnp.asarray(value, self._dtype))
 
     def _log_cdf_pair(self, value):
         lo, hi = _bracket(self.base_dist, self.low, self.high)
