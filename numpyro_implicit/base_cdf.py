@@ -30,7 +30,7 @@ import math
 import jax
 import jax.numpy as jnp
 from jax import lax
-from jax.scipy.special import erfc, log_ndtr
+from jax.scipy.special import erfc
 from numpyro.distributions import (
     Cauchy,
     Distribution,
@@ -51,6 +51,7 @@ from .special import (
     gamma_log_cdf_pair,
     log1mexp,
     log_marcum_q,
+    log_ndtr,
     student_t_log_cdf_pair,
 )
 

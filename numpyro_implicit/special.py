@@ -6,6 +6,7 @@ r"""Special functions that JAX lacks.
   7e-13 at :math:`a = 10^4` (:math:`b` within 3 of :math:`a`, down to :math:`|b - a| = 10^{-4}`).
 * :func:`bessel_ratio`: :math:`I_1(x)/I_0(x)` and its complement, both without cancellation.
 * :func:`rice_standard_moments`: mean and variance of :math:`\mathrm{Rice}(a, 1)`.
+* :func:`log_ndtr`: :math:`\log\Phi(x)`, relatively accurate for :math:`x > 0` too (JAX's is not).
 
 The Marcum Q-function is computed from the probability that a standard bivariate normal vector
 lies in a disc of radius :math:`b` centred at distance :math:`a` from the origin. Integrating the
@@ -37,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax.scipy.special import i0e, i1e
+from jax.scipy.special import i0e, i1e, ndtr
 
 __all__ = [
     "bessel_ratio",
@@ -47,6 +48,7 @@ __all__ = [
     "log1mexp",
     "log_gammainc_pair",
     "log_marcum_q",
+    "log_ndtr",
     "rice_standard_moments",
     "student_t_log_cdf_pair",
 ]
@@ -58,6 +60,10 @@ _LAYER_WIDTHS = 5.0
 _FALLOFF_WIDTHS = 4.0
 _SERIES_TERMS = 20  # the small-b series: (1/2)^20 / 20! < 1e-24
 _HALF_PI = math.pi / 2
+# log(1 + sum_n (-1)^n (2n - 1)!! / x^(2n)), n = 1..6, the asymptotic series of the Mills ratio:
+# the next term is below 2e-17 from |x| = 37 on and 2e-9 from |x| = 10 on.
+_MILLS_SERIES = (-1.0, 3.0, -15.0, 105.0, -945.0, 10395.0)
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 # 1 - I1(x)/I0(x) ~ sum_k c_k / x^k for x >= 100 (truncation error below 1e-17 there).
 _RATIO_ASYMPTOTIC = (
@@ -115,6 +121,57 @@ def log1mexp(x: jax.Array) -> jax.Array:
     x_near = jnp.where(near, x, -1.0)
     x_far = jnp.where(near, -1.0, x)
     return jnp.where(near, jnp.log(-jnp.expm1(x_near)), jnp.log1p(-jnp.exp(x_far)))
+
+
+def _log_ndtr_and_slope(x):
+    """(log Phi(x), phi(x)/Phi(x)), see :func:`log_ndtr`."""
+    positive = x > 0
+    cut = -37.0 if jnp.finfo(x.dtype).eps < 1e-10 else -10.0
+    far = x <= cut
+    # Each branch sees only inputs where it is accurate (and finite, for the derivatives);
+    # one ndtr, of -|x|, serves two.
+    xn = jnp.where(far, cut, x)
+    small = ndtr(jnp.where(positive, -xn, xn))
+    near = jnp.where(positive, jnp.log1p(-small), jnp.log(jnp.where(positive, 0.5, small)))
+    xf = jnp.where(far, x, cut)
+    inv = 1 / (xf * xf)
+    sum_ = 1 + inv * _polyval(_MILLS_SERIES, inv)  # Phi(x) -x / phi(x)
+    far_value = -xf * xf / 2 - jnp.log(-xf) - _HALF_LOG_2PI + jnp.log(sum_)
+    slope = jnp.where(far, -xf / sum_, jnp.exp(-xn * xn / 2 - _HALF_LOG_2PI - near))
+    return jnp.where(far, far_value, near), slope
+
+
+@jax.custom_jvp
+def _log_ndtr(x):
+    return _log_ndtr_and_slope(x)[0]
+
+
+@_log_ndtr.defjvp
+def _log_ndtr_jvp(primals, tangents):
+    value, slope = _log_ndtr_and_slope(primals[0])
+    return value, slope * tangents[0]
+
+
+def log_ndtr(x: jax.Array) -> jax.Array:
+    r""":math:`\log\Phi(x)`, the log-CDF of the standard normal, relatively accurate on the
+    whole line. ``jax.scipy.special.log_ndtr`` takes :math:`\log(\Phi(x))` up to :math:`x = 5`
+    (float32) or 8 (float64), with relative errors up to 9e-2 and 7e-2 for :math:`x > 0`,
+    where :math:`\log\Phi(x) \approx -\Phi(-x)` (scipy had the same, scipy/scipy#15172),
+    and an asymptotic series of three terms below :math:`x = -20` (float64): 2e-11 there, and
+    as much in the derivative at -37. Here :math:`\mathrm{log1p}(-\Phi(-x))` for
+    :math:`x > 0`, :math:`\log\Phi(x)` down to where :math:`\Phi` nears underflow (-37 in
+    float64, -10 in float32), and six terms of the series below,
+
+    .. math::
+        \log\Phi(x) = -\frac{x^2}{2} - \log(-x\sqrt{2\pi})
+            + \log\Bigl(1 + \sum_{n=1}^{6} \frac{(-1)^n (2n-1)!!}{x^{2n}}\Bigr);
+
+    the derivative :math:`\phi/\Phi` is :math:`-x` over that sum there, and
+    :math:`\exp(\log\phi - \log\Phi)` elsewhere. Measured against mpmath in float64: relative
+    errors 6e-16 for :math:`x \le 0`, 2.5e-14 for :math:`0 < x < 20` and 2.1e-13 beyond (JAX's
+    ``erfc``, where :math:`\log\Phi > -10^{-88}`)."""
+    (x,) = _as_float(x)
+    return _log_ndtr(x)
 
 
 def bessel_ratio(x: jax.Array) -> tuple[jax.Array, jax.Array]:

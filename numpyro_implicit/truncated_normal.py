@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax, random
-from jax.scipy.special import erfcx, log_ndtr, ndtr, ndtri
+from jax.scipy.special import erfcx, ndtr, ndtri
 from jax.typing import ArrayLike
 from numpyro.distributions import Distribution, constraints
 from numpyro.distributions.util import promote_shapes, validate_sample
@@ -35,7 +35,7 @@ from numpyro.util import is_prng_key, not_jax_tracer
 
 from ._implicit import implicit_reparameterize
 from ._validation import ConstraintMessageMixin
-from .special import log1mexp
+from .special import log1mexp, log_ndtr
 
 __all__ = ["TruncatedNormal"]
 
@@ -260,11 +260,38 @@ def _plain_grad(x, alpha, beta, u):
     return d_loc, v * jnp.exp(to_a), u * jnp.exp(to_b)
 
 
-def _log_cdf_pair(log_sf_xa, log_sf_bx, log_p):
+def _log_cdf_pair(log_sf_xa, log_sf_bx, log_p, log_head=None):
     """(log F', log(1 - F')) of the truncated law in the leaning-right frame at x in [a, b], from
-    log S(x)/S(a), log S(b)/S(x) and log p."""
+    log S(x)/S(a), log S(b)/S(x), log p and log(1 - S(x)/S(a)) (by default from the first; see
+    :func:`_interval_tails` for where that fails)."""
     log_sf_xa, log_sf_bx = jnp.minimum(log_sf_xa, 0.0), jnp.minimum(log_sf_bx, 0.0)
-    return log1mexp(log_sf_xa) - log_p, log_sf_xa + log1mexp(log_sf_bx) - log_p
+    log_head = log1mexp(log_sf_xa) if log_head is None else log_head
+    return log_head - log_p, log_sf_xa + log1mexp(log_sf_bx) - log_p
+
+
+def _interval_tails(x, a, b):
+    """(log(1 - S(x)/S(a)), log S(x)/S(a), log S(b)/S(x)) for a <= x <= b. Left of 0,
+    log S(x)/S(a) is a difference of two logarithms near 0 that loses digits, and rounds to 0
+    once Phi(x) is below the resolution of log S (x < -14 in float32, -38 in float64; F_T 15
+    standard deviations into the far side of [-20, inf) is exp(-116)). There
+    1 - S(x)/S(a) = (Phi(x) - Phi(a))/S(a) = Phi(x) (1 - Phi(a)/Phi(x)) / S(a), from the ratio
+    of the mirrored tails, relatively accurate, and S(x)/S(a) is 1 minus it. One evaluation of
+    :func:`_log_sf` and one of :func:`_log_ratios` serve all (a compiled graph holds one copy)."""
+    left = x < 0
+    xl, al = jnp.where(left, x, -1.0), jnp.where(left, a, -2.0)  # finite gradients elsewhere
+    x, a, b, xl, al = jnp.broadcast_arrays(x, a, b, xl, al)
+    sf_x, sf_a, sf_b, cdf_x, cdf_a = _log_sf(jnp.stack([x, a, b, -xl, -al]))
+    # the first pair is mirrored where left: log Phi(a)/Phi(x) there, log S(x)/S(a) elsewhere
+    first = jnp.where(left, -al, x), jnp.where(left, -xl, a)
+    direct = jnp.where(left, cdf_a - cdf_x, sf_x - sf_a), sf_b - sf_x
+    pairs = (jnp.stack([first[0], b]), jnp.stack([first[1], x]), jnp.stack(direct))
+    ratio, log_sf_bx = _log_ratios(*pairs)[0]
+    ratio = jnp.minimum(ratio, 0.0)
+    safe_left, safe_right = jnp.where(left, ratio, -1.0), jnp.where(left, -1.0, ratio)
+    # where left, a = al and log S(a) = sf_a; elsewhere a stand-in, for finite gradients
+    head_left = jnp.where(left, jnp.minimum(cdf_x + log1mexp(safe_left) - sf_a, 0.0), -1.0)
+    head = jnp.where(left, head_left, log1mexp(safe_right))
+    return head, jnp.where(left, log1mexp(head_left), ratio), log_sf_bx
 
 
 def _refine(x, normal, target, y, a, b):
@@ -500,8 +527,8 @@ def _log_prob(value, loc, scale, low, high):
 def _log_tails(value, loc, scale, low, high):
     """(log F_T, log(1 - F_T)) at ``value``."""
     flip, a, b, log_p, xr = _leaning_right(value, loc, scale, low, high)
-    log_sf_xa, log_sf_bx, _ = _interval_ratios(xr, a, b)
-    log_cdf, log_sf = _log_cdf_pair(log_sf_xa, log_sf_bx, log_p)
+    log_head, log_sf_xa, log_sf_bx = _interval_tails(xr, a, b)
+    log_cdf, log_sf = _log_cdf_pair(log_sf_xa, log_sf_bx, log_p, log_head)
     return jnp.where(flip, log_sf, log_cdf), jnp.where(flip, log_cdf, log_sf)
 
 

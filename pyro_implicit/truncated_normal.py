@@ -259,11 +259,38 @@ def _plain_grad(x, alpha, beta, u):
     return d_loc, v * torch.exp(to_a), u * torch.exp(to_b)
 
 
-def _log_cdf_pair(log_sf_xa, log_sf_bx, log_p):
+def _log_cdf_pair(log_sf_xa, log_sf_bx, log_p, log_head=None):
     """(log F', log(1 - F')) of the truncated law in the leaning-right frame at x in [a, b], from
-    log S(x)/S(a), log S(b)/S(x) and log p."""
+    log S(x)/S(a), log S(b)/S(x), log p and log(1 - S(x)/S(a)) (by default from the first; see
+    :func:`_interval_tails` for where that fails)."""
     log_sf_xa, log_sf_bx = torch.clamp(log_sf_xa, max=0.0), torch.clamp(log_sf_bx, max=0.0)
-    return log1mexp(log_sf_xa) - log_p, log_sf_xa + log1mexp(log_sf_bx) - log_p
+    log_head = log1mexp(log_sf_xa) if log_head is None else log_head
+    return log_head - log_p, log_sf_xa + log1mexp(log_sf_bx) - log_p
+
+
+def _interval_tails(x, a, b):
+    """(log(1 - S(x)/S(a)), log S(x)/S(a), log S(b)/S(x)) for a <= x <= b. Left of 0,
+    log S(x)/S(a) is a difference of two logarithms near 0 that loses digits, and rounds to 0
+    once Phi(x) is below the resolution of log S (x < -14 in float32, -38 in float64; F_T 15
+    standard deviations into the far side of [-20, inf) is exp(-116)). There
+    1 - S(x)/S(a) = (Phi(x) - Phi(a))/S(a) = Phi(x) (1 - Phi(a)/Phi(x)) / S(a), from the ratio
+    of the mirrored tails, relatively accurate, and S(x)/S(a) is 1 minus it. One evaluation of
+    :func:`_log_sf` and one of :func:`_log_ratios` serve all (a compiled graph holds one copy)."""
+    left = x < 0
+    xl, al = torch.where(left, x, -1.0), torch.where(left, a, -2.0)  # finite gradients elsewhere
+    x, a, b, xl, al = torch.broadcast_tensors(x, a, b, xl, al)
+    sf_x, sf_a, sf_b, cdf_x, cdf_a = _log_sf(torch.stack([x, a, b, -xl, -al]))
+    # the first pair is mirrored where left: log Phi(a)/Phi(x) there, log S(x)/S(a) elsewhere
+    first = torch.where(left, -al, x), torch.where(left, -xl, a)
+    direct = torch.where(left, cdf_a - cdf_x, sf_x - sf_a), sf_b - sf_x
+    pairs = (torch.stack([first[0], b]), torch.stack([first[1], x]), torch.stack(direct))
+    ratio, log_sf_bx = _log_ratios(*pairs)[0]
+    ratio = torch.clamp(ratio, max=0.0)
+    safe_left, safe_right = torch.where(left, ratio, -1.0), torch.where(left, -1.0, ratio)
+    # where left, a = al and log S(a) = sf_a; elsewhere a stand-in, for finite gradients
+    head_left = torch.where(left, torch.clamp(cdf_x + log1mexp(safe_left) - sf_a, max=0.0), -1.0)
+    head = torch.where(left, head_left, log1mexp(safe_right))
+    return head, torch.where(left, log1mexp(head_left), ratio), log_sf_bx
 
 
 def _refine(x, normal, target, y, a, b):
@@ -589,8 +616,8 @@ class TruncatedNormal(TorchDistribution):
         if self._validate_args:
             self._validate_sample(value)
         flip, a, b, log_p, xr = self._leaning_right(value)
-        log_sf_xa, log_sf_bx, _ = _interval_ratios(xr, a, b)
-        log_cdf, log_sf = _log_cdf_pair(log_sf_xa, log_sf_bx, log_p)
+        log_head, log_sf_xa, log_sf_bx = _interval_tails(xr, a, b)
+        log_cdf, log_sf = _log_cdf_pair(log_sf_xa, log_sf_bx, log_p, log_head)
         return torch.where(flip, log_sf, log_cdf), torch.where(flip, log_cdf, log_sf)
 
     def log_cdf(self, value):

@@ -485,6 +485,17 @@ def test_far_components_and_tiny_weights_stay_finite(mixtures, dtype, multivaria
     assert np.all(np.abs(np.abs(first) - 60) < 10)  # the 1e-30 component is never drawn
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_far_truncated_components_stay_finite(mixtures, dtype):
+    """TruncatedNormal components 15 standard deviations apart on [-20, inf): the draws of one
+    lie far on the near side of the other's lower bound, where its log-CDF needs the mirrored
+    tails (NaN gradients in float32, and in NumPyro in float64, before 2026-11-22)."""
+    params = [[0.0, -15.0], [1.0, 1.0], [-20.0, -20.0], [np.inf, np.inf]]
+    ok, z, zdtype = mixtures.finite("TruncatedNormal", [0.0, 0.0], params, False, 2000, 0, dtype)
+    assert ok and zdtype == dtype
+    assert np.any(z < -10) and np.any(z > -5)  # both components drawn
+
+
 def test_far_components_gradients_are_exact(mixtures):
     logits, params = [0.0, -69.0, 0.0], ([-60.0, 0.0, 60.0], [1.0, 1.0, 0.5])
     u = np.array([1e-4, 0.2, 0.3, 0.49, 0.51, 0.8, 1 - 1e-4])
