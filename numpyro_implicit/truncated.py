@@ -40,7 +40,7 @@ from ._validation import ConstraintMessageMixin
 from .base_cdf import check_base, log_cdf_pair, parameters, rebuild, support_bounds
 from .base_cdf import log_prob as base_log_prob
 from .special import log1mexp
-from .truncated_normal import TruncatedNormal, _check_ordered
+from .truncated_normal import TruncatedNormal, _at_most_zero, _check_ordered, _clamp
 
 __all__ = ["TruncatedDistribution", "TruncatedUnivariate"]
 
@@ -413,11 +413,19 @@ class TruncatedUnivariate(ConstraintMessageMixin, Distribution):
 
     def _log_cdf_pair(self, value):
         lo, hi = _bracket(self.base_dist, self.low, self.high)
-        at_z = log_cdf_pair(self.base_dist, jnp.minimum(jnp.maximum(value, lo), hi))
+        at_z = log_cdf_pair(self.base_dist, _clamp(value, lo, hi))
         at_low = log_cdf_pair(self.base_dist, self.low)
         at_high = log_cdf_pair(self.base_dist, self.high)
         log_z = _log_mass(at_low, at_high)
-        return _log_mass(at_low, at_z) - log_z, _log_mass(at_z, at_high) - log_z
+        log_cdf = _at_most_zero(_log_mass(at_low, at_z) - log_z)
+        log_sf = _at_most_zero(_log_mass(at_z, at_high) - log_z)
+        # Exact at and beyond the bounds: F(z) at z = a may differ from F(a) in the last bit (an
+        # iterative base CDF on a vector may run more terms than on one number). At z = a,
+        # log(1 - F_T) keeps its derivative, and so does log F_T at z = b.
+        return (
+            jnp.where(value <= lo, -jnp.inf, jnp.where(value > hi, 0.0, log_cdf)),
+            jnp.where(value >= hi, -jnp.inf, jnp.where(value < lo, 0.0, log_sf)),
+        )
 
     def cdf(self, value: ArrayLike) -> jax.Array:
         if self._validate_args:
@@ -426,9 +434,9 @@ class TruncatedUnivariate(ConstraintMessageMixin, Distribution):
 
     def _cdf(self, value):
         lo, hi = _bracket(self.base_dist, self.low, self.high)
-        z = jnp.minimum(jnp.maximum(value, lo), hi)
-        f = _truncated_cdf(self.base_dist, z, self.low, self.high)[0]
-        return jnp.clip(f, 0.0, 1.0)
+        z = _clamp(value, lo, hi)
+        f = _clamp(_truncated_cdf(self.base_dist, z, self.low, self.high)[0], 0.0, 1.0)
+        return jnp.where(value < lo, 0.0, jnp.where(value > hi, 1.0, f))
 
     def _quadrature(self):
         """Nodes z_k = F_T^{-1}(u_k), differentiable, and weights w_k (summing to one) of a

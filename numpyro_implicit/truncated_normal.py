@@ -192,6 +192,18 @@ def _standardize(bound, loc, scale):
     return jnp.where(finite, (jnp.where(finite, bound, 0.0) - loc) / scale, bound)
 
 
+def _clamp(x, lo, hi):
+    """x clamped to [lo, hi], with the derivative of x where it equals a bound (that of a
+    maximum or minimum is halved at a tie): the one-sided derivative into the interval."""
+    return jnp.where(x < lo, lo, jnp.where(x > hi, hi, x))
+
+
+def _at_most_zero(log_p):
+    """A log-ratio of probabilities clamped to at most 0 in value, with its own derivative (a
+    clamp would zero it where rounding leaves the value above 0, and JAX's halves it at 0)."""
+    return log_p - lax.stop_gradient(jnp.maximum(log_p, 0.0))
+
+
 def _frame(loc, scale, low, high):
     """Standardized bounds, the mirror flag, the leaning-right bounds [a, b] and
     log(1 - S(b)/S(a)) = log(Z / S(a)), Z being the mass of [a, b]."""
@@ -260,23 +272,25 @@ def _plain_grad(x, alpha, beta, u):
     return d_loc, v * jnp.exp(to_a), u * jnp.exp(to_b)
 
 
-def _log_cdf_pair(log_sf_xa, log_sf_bx, log_p, log_head=None):
+def _log_cdf_pair(log_sf_xa, log_sf_bx, log_p):
     """(log F', log(1 - F')) of the truncated law in the leaning-right frame at x in [a, b], from
-    log S(x)/S(a), log S(b)/S(x), log p and log(1 - S(x)/S(a)) (by default from the first; see
-    :func:`_interval_tails` for where that fails)."""
+    log S(x)/S(a), log S(b)/S(x) and log p (see :func:`_frame_tails` for a form that stays
+    accurate left of 0)."""
     log_sf_xa, log_sf_bx = jnp.minimum(log_sf_xa, 0.0), jnp.minimum(log_sf_bx, 0.0)
-    log_head = log1mexp(log_sf_xa) if log_head is None else log_head
-    return log_head - log_p, log_sf_xa + log1mexp(log_sf_bx) - log_p
+    return log1mexp(log_sf_xa) - log_p, log_sf_xa + log1mexp(log_sf_bx) - log_p
 
 
-def _interval_tails(x, a, b):
-    """(log(1 - S(x)/S(a)), log S(x)/S(a), log S(b)/S(x)) for a <= x <= b. Left of 0,
-    log S(x)/S(a) is a difference of two logarithms near 0 that loses digits, and rounds to 0
-    once Phi(x) is below the resolution of log S (x < -14 in float32, -38 in float64; F_T 15
+def _frame_tails(x, a, b, log_p):
+    """(log F', log(1 - F'), F', 1 - F') of the truncated law in the leaning-right frame at x in
+    [a, b], each relatively accurate, the last two with finite derivatives at the bounds too
+    (exp(log F') has none at x = a).
+
+    F' = (1 - S(x)/S(a))/p. Left of 0, S(x)/S(a) is near 1, and log S(x)/S(a) rounds to 0 once
+    Phi(x) is below the resolution of log S (x < -14 in float32, -38 in float64; F_T 15
     standard deviations into the far side of [-20, inf) is exp(-116)). There
-    1 - S(x)/S(a) = (Phi(x) - Phi(a))/S(a) = Phi(x) (1 - Phi(a)/Phi(x)) / S(a), from the ratio
-    of the mirrored tails, relatively accurate, and S(x)/S(a) is 1 minus it. One evaluation of
-    :func:`_log_sf` and one of :func:`_log_ratios` serve all (a compiled graph holds one copy)."""
+    1 - S(x)/S(a) = (Phi(x)/S(a)) (1 - Phi(a)/Phi(x)), from the ratio of the mirrored tails,
+    and 1 - F' >= 1/2 (as a + b >= 0). One evaluation of :func:`_log_sf` and one of
+    :func:`_log_ratios` serve all (a compiled graph holds one copy of each)."""
     left = x < 0
     xl, al = jnp.where(left, x, -1.0), jnp.where(left, a, -2.0)  # finite gradients elsewhere
     x, a, b, xl, al = jnp.broadcast_arrays(x, a, b, xl, al)
@@ -285,13 +299,19 @@ def _interval_tails(x, a, b):
     first = jnp.where(left, -al, x), jnp.where(left, -xl, a)
     direct = jnp.where(left, cdf_a - cdf_x, sf_x - sf_a), sf_b - sf_x
     pairs = (jnp.stack([first[0], b]), jnp.stack([first[1], x]), jnp.stack(direct))
-    ratio, log_sf_bx = _log_ratios(*pairs)[0]
-    ratio = jnp.minimum(ratio, 0.0)
-    safe_left, safe_right = jnp.where(left, ratio, -1.0), jnp.where(left, -1.0, ratio)
-    # where left, a = al and log S(a) = sf_a; elsewhere a stand-in, for finite gradients
-    head_left = jnp.where(left, jnp.minimum(cdf_x + log1mexp(safe_left) - sf_a, 0.0), -1.0)
-    head = jnp.where(left, head_left, log1mexp(safe_right))
-    return head, jnp.where(left, log1mexp(head_left), ratio), log_sf_bx
+    ratio, log_sf_bx = _at_most_zero(_log_ratios(*pairs)[0])
+    # 1 - S(x)/S(a) = exp(lead) (1 - exp(ratio)), lead = log(Phi(x)/S(a)) where left (a = al)
+    lead = jnp.where(left, cdf_x - sf_a, 0.0)
+    head = jnp.exp(lead) * -jnp.expm1(ratio)
+    # at the bounds, -inf with a zero derivative rather than an infinite one
+    at_a, at_b = x <= a, x >= b
+    log_cdf = jnp.where(at_a, -jnp.inf, lead + log1mexp(jnp.where(at_a, -1.0, ratio)) - log_p)
+    log_sf_xa = jnp.where(left, jnp.log1p(-jnp.where(left, head, 0.0)), ratio)
+    log_sf = log_sf_xa + log1mexp(jnp.where(at_b, -1.0, log_sf_bx)) - log_p
+    log_sf = jnp.where(at_b, -jnp.inf, log_sf)
+    cdf = head * jnp.exp(-log_p)
+    sf = jnp.where(left, 1 - cdf, jnp.exp(ratio - log_p) * -jnp.expm1(log_sf_bx))
+    return log_cdf, log_sf, cdf, sf
 
 
 def _refine(x, normal, target, y, a, b):
@@ -365,7 +385,7 @@ def _standard_quantile(u, flip, a, b, log_p):
 
 def _dx_dbounds(x, flip, a, b, log_p):
     """log dx/dalpha, log dx/dbeta (original standardized frame) and 1 - dx/dalpha - dx/dbeta."""
-    xr = jnp.minimum(jnp.maximum(jnp.where(flip, -x, x), a), b)
+    xr = _clamp(jnp.where(flip, -x, x), a, b)
     # dx/da = phi(a)/phi(x) (1 - F') = [R(x)/R(a)] (1 - S(b)/S(x)) / p: the ratio of Mills
     # ratios, never exp((x^2 - a^2)/2) times a tail probability that float32 cannot hold.
     log_sf_xa, log_sf_bx, log_mills_xa = _interval_ratios(xr, a, b)
@@ -509,7 +529,7 @@ def _leaning_right(value, loc, scale, low, high):
     """The frame of ``value``: (flip, a, b, log p, xr), xr clamped to [a, b]."""
     _, _, flip, a, b, log_p = _frame(loc, scale, low, high)
     x = (value - loc) / scale
-    xr = jnp.minimum(jnp.maximum(jnp.where(flip, -x, x), a), b)
+    xr = _clamp(jnp.where(flip, -x, x), a, b)
     return flip, a, b, log_p, xr
 
 
@@ -524,12 +544,16 @@ def _log_prob(value, loc, scale, low, high):
 
 
 @jax.jit
-def _log_tails(value, loc, scale, low, high):
-    """(log F_T, log(1 - F_T)) at ``value``."""
+def _tails(value, loc, scale, low, high):
+    """(log F_T, log(1 - F_T), F_T, 1 - F_T) at ``value``."""
     flip, a, b, log_p, xr = _leaning_right(value, loc, scale, low, high)
-    log_head, log_sf_xa, log_sf_bx = _interval_tails(xr, a, b)
-    log_cdf, log_sf = _log_cdf_pair(log_sf_xa, log_sf_bx, log_p, log_head)
-    return jnp.where(flip, log_sf, log_cdf), jnp.where(flip, log_cdf, log_sf)
+    log_cdf, log_sf, cdf, sf = _frame_tails(xr, a, b, log_p)
+    return (
+        jnp.where(flip, log_sf, log_cdf),
+        jnp.where(flip, log_cdf, log_sf),
+        jnp.where(flip, sf, cdf),
+        jnp.where(flip, cdf, sf),
+    )
 
 
 @jax.jit
@@ -660,21 +684,22 @@ class TruncatedNormal(ConstraintMessageMixin, Distribution):
     def log_prob(self, value: ArrayLike) -> jax.Array:
         return _log_prob(value, *self._params())
 
-    def _log_cdf_sf(self, value):
+    def _tails(self, value):
         if self._validate_args:
             self._validate_sample(value)
-        return _log_tails(value, *self._params())
+        return _tails(value, *self._params())
 
     def log_cdf(self, value: ArrayLike) -> jax.Array:
         r""":math:`\log F_T`, computed in log space (no cancellation near the upper bound)."""
-        return self._log_cdf_sf(value)[0]
+        return self._tails(value)[0]
 
     def log_sf(self, value: ArrayLike) -> jax.Array:
         r""":math:`\log(1 - F_T)`, computed in log space (no cancellation near the lower bound)."""
-        return self._log_cdf_sf(value)[1]
+        return self._tails(value)[1]
 
     def cdf(self, value: ArrayLike) -> jax.Array:
-        return jnp.exp(self.log_cdf(value))
+        r""":math:`F_T`, with finite derivatives at the bounds too."""
+        return self._tails(value)[2]
 
     @property
     def mean(self) -> jax.Array:

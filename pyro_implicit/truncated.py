@@ -33,7 +33,7 @@ from ._implicit import implicit_reparameterize
 from .base_cdf import check_base, log_cdf_pair, parameters, rebuild, support_bounds
 from .base_cdf import log_prob as base_log_prob
 from .special import log1mexp
-from .truncated_normal import TruncatedNormal, _check_ordered
+from .truncated_normal import TruncatedNormal, _at_most_zero, _check_ordered, _clamp
 
 __all__ = ["TruncatedDistribution", "TruncatedUnivariate"]
 
@@ -360,16 +360,24 @@ class TruncatedUnivariate(TorchDistribution):
     def _log_cdf_pair(self, value):
         value, lo, hi = self._checked(value)
         base = self._unchecked_base()
-        at_z = log_cdf_pair(base, torch.minimum(torch.maximum(value, lo), hi))
+        at_z = log_cdf_pair(base, _clamp(value, lo, hi))
         at_low, at_high = log_cdf_pair(base, self.low), log_cdf_pair(base, self.high)
         log_z = _log_mass(at_low, at_high)
-        return _log_mass(at_low, at_z) - log_z, _log_mass(at_z, at_high) - log_z
+        log_cdf = _at_most_zero(_log_mass(at_low, at_z) - log_z)
+        log_sf = _at_most_zero(_log_mass(at_z, at_high) - log_z)
+        # Exact at and beyond the bounds: F(z) at z = a may differ from F(a) in the last bit (an
+        # iterative base CDF on a vector may run more terms than on one number). At z = a,
+        # log(1 - F_T) keeps its derivative, and so does log F_T at z = b.
+        return (
+            torch.where(value <= lo, -math.inf, torch.where(value > hi, 0.0, log_cdf)),
+            torch.where(value >= hi, -math.inf, torch.where(value < lo, 0.0, log_sf)),
+        )
 
     def cdf(self, value):
         value, lo, hi = self._checked(value)
-        z = torch.minimum(torch.maximum(value, lo), hi)
-        f = _truncated_cdf(self._unchecked_base(), z, self.low, self.high)[0]
-        return torch.clamp(f, 0.0, 1.0)
+        z = _clamp(value, lo, hi)
+        f = torch.clamp(_truncated_cdf(self._unchecked_base(), z, self.low, self.high)[0], 0, 1)
+        return torch.where(value < lo, 0.0, torch.where(value > hi, 1.0, f))
 
     def _quadrature(self):
         """Nodes z_k = F_T^{-1}(u_k), differentiable, and weights w_k (summing to one) of a

@@ -186,6 +186,18 @@ def _standardize(bound, loc, scale):
     return torch.where(finite, (torch.where(finite, bound, 0.0) - loc) / scale, bound)
 
 
+def _clamp(x, lo, hi):
+    """x clamped to [lo, hi], with the derivative of x where it equals a bound (that of a
+    maximum or minimum is halved at a tie): the one-sided derivative into the interval."""
+    return torch.where(x < lo, lo, torch.where(x > hi, hi, x))
+
+
+def _at_most_zero(log_p):
+    """A log-ratio of probabilities clamped to at most 0 in value, with its own derivative (a
+    clamp would zero it where rounding leaves the value above 0, and JAX's halves it at 0)."""
+    return log_p - log_p.detach().clamp(min=0.0)
+
+
 def _frame(loc, scale, low, high):
     """Standardized bounds, the mirror flag, the leaning-right bounds [a, b] and
     log(1 - S(b)/S(a)) = log(Z / S(a)), Z being the mass of [a, b]."""
@@ -259,23 +271,25 @@ def _plain_grad(x, alpha, beta, u):
     return d_loc, v * torch.exp(to_a), u * torch.exp(to_b)
 
 
-def _log_cdf_pair(log_sf_xa, log_sf_bx, log_p, log_head=None):
+def _log_cdf_pair(log_sf_xa, log_sf_bx, log_p):
     """(log F', log(1 - F')) of the truncated law in the leaning-right frame at x in [a, b], from
-    log S(x)/S(a), log S(b)/S(x), log p and log(1 - S(x)/S(a)) (by default from the first; see
-    :func:`_interval_tails` for where that fails)."""
+    log S(x)/S(a), log S(b)/S(x) and log p (see :func:`_frame_tails` for a form that stays
+    accurate left of 0)."""
     log_sf_xa, log_sf_bx = torch.clamp(log_sf_xa, max=0.0), torch.clamp(log_sf_bx, max=0.0)
-    log_head = log1mexp(log_sf_xa) if log_head is None else log_head
-    return log_head - log_p, log_sf_xa + log1mexp(log_sf_bx) - log_p
+    return log1mexp(log_sf_xa) - log_p, log_sf_xa + log1mexp(log_sf_bx) - log_p
 
 
-def _interval_tails(x, a, b):
-    """(log(1 - S(x)/S(a)), log S(x)/S(a), log S(b)/S(x)) for a <= x <= b. Left of 0,
-    log S(x)/S(a) is a difference of two logarithms near 0 that loses digits, and rounds to 0
-    once Phi(x) is below the resolution of log S (x < -14 in float32, -38 in float64; F_T 15
+def _frame_tails(x, a, b, log_p):
+    """(log F', log(1 - F'), F', 1 - F') of the truncated law in the leaning-right frame at x in
+    [a, b], each relatively accurate, the last two with finite derivatives at the bounds too
+    (exp(log F') has none at x = a).
+
+    F' = (1 - S(x)/S(a))/p. Left of 0, S(x)/S(a) is near 1, and log S(x)/S(a) rounds to 0 once
+    Phi(x) is below the resolution of log S (x < -14 in float32, -38 in float64; F_T 15
     standard deviations into the far side of [-20, inf) is exp(-116)). There
-    1 - S(x)/S(a) = (Phi(x) - Phi(a))/S(a) = Phi(x) (1 - Phi(a)/Phi(x)) / S(a), from the ratio
-    of the mirrored tails, relatively accurate, and S(x)/S(a) is 1 minus it. One evaluation of
-    :func:`_log_sf` and one of :func:`_log_ratios` serve all (a compiled graph holds one copy)."""
+    1 - S(x)/S(a) = (Phi(x)/S(a)) (1 - Phi(a)/Phi(x)), from the ratio of the mirrored tails,
+    and 1 - F' >= 1/2 (as a + b >= 0). One evaluation of :func:`_log_sf` and one of
+    :func:`_log_ratios` serve all (a compiled graph holds one copy of each)."""
     left = x < 0
     xl, al = torch.where(left, x, -1.0), torch.where(left, a, -2.0)  # finite gradients elsewhere
     x, a, b, xl, al = torch.broadcast_tensors(x, a, b, xl, al)
@@ -284,13 +298,19 @@ def _interval_tails(x, a, b):
     first = torch.where(left, -al, x), torch.where(left, -xl, a)
     direct = torch.where(left, cdf_a - cdf_x, sf_x - sf_a), sf_b - sf_x
     pairs = (torch.stack([first[0], b]), torch.stack([first[1], x]), torch.stack(direct))
-    ratio, log_sf_bx = _log_ratios(*pairs)[0]
-    ratio = torch.clamp(ratio, max=0.0)
-    safe_left, safe_right = torch.where(left, ratio, -1.0), torch.where(left, -1.0, ratio)
-    # where left, a = al and log S(a) = sf_a; elsewhere a stand-in, for finite gradients
-    head_left = torch.where(left, torch.clamp(cdf_x + log1mexp(safe_left) - sf_a, max=0.0), -1.0)
-    head = torch.where(left, head_left, log1mexp(safe_right))
-    return head, torch.where(left, log1mexp(head_left), ratio), log_sf_bx
+    ratio, log_sf_bx = _at_most_zero(_log_ratios(*pairs)[0])
+    # 1 - S(x)/S(a) = exp(lead) (1 - exp(ratio)), lead = log(Phi(x)/S(a)) where left (a = al)
+    lead = torch.where(left, cdf_x - sf_a, 0.0)
+    head = torch.exp(lead) * -torch.expm1(ratio)
+    # at the bounds, -inf with a zero derivative rather than an infinite one
+    at_a, at_b = x <= a, x >= b
+    log_cdf = torch.where(at_a, -math.inf, lead + log1mexp(torch.where(at_a, -1.0, ratio)) - log_p)
+    log_sf_xa = torch.where(left, torch.log1p(-torch.where(left, head, 0.0)), ratio)
+    log_sf = log_sf_xa + log1mexp(torch.where(at_b, -1.0, log_sf_bx)) - log_p
+    log_sf = torch.where(at_b, -math.inf, log_sf)
+    cdf = head * torch.exp(-log_p)
+    sf = torch.where(left, 1 - cdf, torch.exp(ratio - log_p) * -torch.expm1(log_sf_bx))
+    return log_cdf, log_sf, cdf, sf
 
 
 def _refine(x, normal, target, y, a, b):
@@ -365,7 +385,7 @@ def _standard_quantile(u, flip, a, b, log_p):
 
 def _dx_dbounds(x, flip, a, b, log_p):
     """log dx/dalpha, log dx/dbeta (original standardized frame) and 1 - dx/dalpha - dx/dbeta."""
-    xr = torch.minimum(torch.maximum(torch.where(flip, -x, x), a), b)
+    xr = _clamp(torch.where(flip, -x, x), a, b)
     # dx/da = phi(a)/phi(x) (1 - F') = [R(x)/R(a)] (1 - S(b)/S(x)) / p: the ratio of Mills
     # ratios, never exp((x^2 - a^2)/2) times a tail probability that float32 cannot hold.
     log_sf_xa, log_sf_bx, log_mills_xa = _interval_ratios(xr, a, b)
@@ -601,7 +621,7 @@ class TruncatedNormal(TorchDistribution):
         loc, scale, low, high = self._params()
         _, _, flip, a, b, log_p = _frame(loc, scale, low, high)
         x = (value - loc) / scale
-        xr = torch.minimum(torch.maximum(torch.where(flip, -x, x), a), b)
+        xr = _clamp(torch.where(flip, -x, x), a, b)
         return flip, a, b, log_p, xr
 
     def log_prob(self, value):
@@ -612,24 +632,30 @@ class TruncatedNormal(TorchDistribution):
         lp = -_log_sf_over_pdf(a, xr) - log_p - torch.log(self.scale)
         return torch.where((value >= self.low) & (value <= self.high), lp, -math.inf)
 
-    def _log_cdf_sf(self, value):
+    def _tails(self, value):
+        """(log F_T, log(1 - F_T), F_T, 1 - F_T) at ``value``."""
         if self._validate_args:
             self._validate_sample(value)
         flip, a, b, log_p, xr = self._leaning_right(value)
-        log_head, log_sf_xa, log_sf_bx = _interval_tails(xr, a, b)
-        log_cdf, log_sf = _log_cdf_pair(log_sf_xa, log_sf_bx, log_p, log_head)
-        return torch.where(flip, log_sf, log_cdf), torch.where(flip, log_cdf, log_sf)
+        log_cdf, log_sf, cdf, sf = _frame_tails(xr, a, b, log_p)
+        return (
+            torch.where(flip, log_sf, log_cdf),
+            torch.where(flip, log_cdf, log_sf),
+            torch.where(flip, sf, cdf),
+            torch.where(flip, cdf, sf),
+        )
 
     def log_cdf(self, value):
         r""":math:`\log F_T`, computed in log space (no cancellation near the upper bound)."""
-        return self._log_cdf_sf(value)[0]
+        return self._tails(value)[0]
 
     def log_sf(self, value):
         r""":math:`\log(1 - F_T)`, computed in log space (no cancellation near the lower bound)."""
-        return self._log_cdf_sf(value)[1]
+        return self._tails(value)[1]
 
     def cdf(self, value):
-        return torch.exp(self.log_cdf(value))
+        r""":math:`F_T`, with finite derivatives at the bounds too."""
+        return self._tails(value)[2]
 
     def _standard_moments(self):
         _, _, flip, a, b, log_p = _frame(*self._params())

@@ -484,3 +484,51 @@ def test_jax_fast_subset():
     jax_ = get_backend("jax")
     test_bulk_samples_and_gradients(jax_, "Laplace")
     test_tail_samples_and_gradients(jax_, "Laplace", "float64")
+
+
+@pytest.mark.parametrize("host", ["torch", "jax"])
+def test_derivatives_in_the_value_at_the_bounds(host):
+    """At z = low and z = high exactly, the derivatives in z of cdf, log_prob, log(1 - F_T) (at
+    low) and log F_T (at high) are the one-sided ones from inside the interval, for a
+    TruncatedNormal and a truncated Gamma (a clamp by maximum and minimum halved them: a tie
+    shares the derivative between its arguments)."""
+    low, high = 0.2, 2.0
+    laws = {
+        "Normal": (st.norm(0.5, 1.5), (0.5, 1.5)),
+        "Gamma": (st.gamma(2.5, scale=1 / 1.5), (2.5, 1.5)),
+    }
+    for family, (ref, params) in laws.items():
+        mass = ref.cdf(high) - ref.cdf(low)
+        for z, name in [(low, "log_sf"), (high, "log_cdf")]:
+            density = ref.pdf(z) / mass
+            slope = ref.logpdf(z + 1e-7) - ref.logpdf(z - 1e-7)  # d log q/dz
+            expected = {
+                "cdf": density,
+                "log_prob": slope / 2e-7,
+                name: -density if name == "log_sf" else density,
+            }
+            for method, want in expected.items():
+                got = _value_derivative(host, family, params, low, high, method, z)
+                assert abs(got - want) <= 1e-6 * abs(want), (family, z, method, got, want)
+
+
+def _value_derivative(host, family, params, low, high, method, z):
+    if host == "torch":
+        import pyro.distributions as dist
+        import torch
+
+        import pyro_implicit as lib
+
+        base = getattr(dist, family)(*(torch.tensor(p, dtype=torch.float64) for p in params))
+        law = lib.TruncatedDistribution(base, low=torch.tensor(low, dtype=torch.float64), high=high)
+        value = torch.tensor(z, dtype=torch.float64, requires_grad=True)
+        return torch.autograd.grad(getattr(law, method)(value), value)[0].item()
+    import jax
+    import numpyro.distributions as dist
+
+    import numpyro_implicit as lib
+
+    jax.config.update("jax_enable_x64", True)
+    base = getattr(dist, family)(*(jax.numpy.float64(p) for p in params))
+    law = lib.TruncatedDistribution(base, low=jax.numpy.float64(low), high=jax.numpy.float64(high))
+    return float(jax.grad(lambda v: getattr(law, method)(v))(jax.numpy.float64(z)))

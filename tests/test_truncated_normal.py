@@ -540,6 +540,16 @@ def test_log_cdf_and_log_sf_on_the_far_side(tb, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_log_cdf_and_log_sf_gradients_are_finite(tb, dtype):
+    """At the bounds and near them, on both sides of 0 and mirrored: no NaN in the gradients
+    (each branch of the computation sees inputs where its derivative is finite)."""
+    for loc, scale in [(3.0, 0.5), (-2.0, 0.7), (0.5, 1.2)]:
+        for z in [-3.0, -2.9, 0.0, 3.9, 4.0]:
+            for value, grad in tb.log_tails_grads(loc, scale, -3.0, 4.0, z, dtype):
+                assert not np.isnan(value) and np.all(np.isfinite(grad)), (loc, scale, z)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_moments_of_narrow_and_moderate_intervals(tb, dtype):
     """The branches of the closed form: narrow (quadrature), one-sided tails on both sides of
     the continued-fraction switch, two-sided near 0."""
