@@ -545,14 +545,13 @@ def _log_prob(value, loc, scale, low, high):
 
 @jax.jit
 def _tails(value, loc, scale, low, high):
-    """(log F_T, log(1 - F_T), F_T, 1 - F_T) at ``value``."""
+    """(log F_T, log(1 - F_T), F_T) at ``value``."""
     flip, a, b, log_p, xr = _leaning_right(value, loc, scale, low, high)
     log_cdf, log_sf, cdf, sf = _frame_tails(xr, a, b, log_p)
     return (
         jnp.where(flip, log_sf, log_cdf),
         jnp.where(flip, log_cdf, log_sf),
         jnp.where(flip, sf, cdf),
-        jnp.where(flip, cdf, sf),
     )
 
 

@@ -633,7 +633,7 @@ class TruncatedNormal(TorchDistribution):
         return torch.where((value >= self.low) & (value <= self.high), lp, -math.inf)
 
     def _tails(self, value):
-        """(log F_T, log(1 - F_T), F_T, 1 - F_T) at ``value``."""
+        """(log F_T, log(1 - F_T), F_T) at ``value``."""
         if self._validate_args:
             self._validate_sample(value)
         flip, a, b, log_p, xr = self._leaning_right(value)
@@ -642,7 +642,6 @@ class TruncatedNormal(TorchDistribution):
             torch.where(flip, log_sf, log_cdf),
             torch.where(flip, log_cdf, log_sf),
             torch.where(flip, sf, cdf),
-            torch.where(flip, cdf, sf),
         )
 
     def log_cdf(self, value):
