@@ -115,7 +115,9 @@ class Rice(ConstraintMessageMixin, Distribution):
         nu, sigma = jnp.asarray(self.nu, dtype), jnp.asarray(self.sigma, dtype)
         if self._validate_args and not_jax_tracer(u) and not np.all((u >= 0) & (u <= 1)):
             raise ValueError("Rice.icdf: `value` must be a probability in [0, 1]")
-        z = lax.stop_gradient(sigma * _standard_icdf(nu / sigma, u))
+        # the solver's inputs stopped: no derivative of it is traced (the implicit one is used)
+        nu_, sigma_, u_ = (lax.stop_gradient(t) for t in (nu, sigma, u))
+        z = sigma_ * _standard_icdf(nu_ / sigma_, u_)
         return implicit_reparameterize(
             z, (nu, sigma, u), cdf=_shifted_cdf, log_prob=_log_prob_of_shifted
         )
