@@ -194,7 +194,7 @@ def _clamp(x, lo, hi):
 
 def _at_most_zero(log_p):
     """A log-ratio of probabilities clamped to at most 0 in value, with its own derivative (a
-    clamp would zero it where rounding leaves the value above 0, and JAX's halves it at 0)."""
+    clamp would zero it where rounding leaves the value above 0)."""
     return log_p - log_p.detach().clamp(min=0.0)
 
 
@@ -289,7 +289,7 @@ def _frame_tails(x, a, b, log_p):
     standard deviations into the far side of [-20, inf) is exp(-116)). There
     1 - S(x)/S(a) = (Phi(x)/S(a)) (1 - Phi(a)/Phi(x)), from the ratio of the mirrored tails,
     and 1 - F' >= 1/2 (as a + b >= 0). One evaluation of :func:`_log_sf` and one of
-    :func:`_log_ratios` serve all (a compiled graph holds one copy of each)."""
+    :func:`_log_ratios` serve all (each special function runs once, on the stacked points)."""
     left = x < 0
     xl, al = torch.where(left, x, -1.0), torch.where(left, a, -2.0)  # finite gradients elsewhere
     x, a, b, xl, al = torch.broadcast_tensors(x, a, b, xl, al)
