@@ -238,7 +238,11 @@ def log_cdf_pair(dist, value):
     stand_in = jnp.where(
         finite_lower & finite_upper,
         (safe_lower + safe_upper) / 2,
-        jnp.where(finite_lower, safe_lower + 1, jnp.where(finite_upper, safe_upper - 1, centre)),
+        jnp.where(
+            finite_lower,
+            safe_lower + jnp.maximum(jnp.abs(safe_lower), 1),
+            jnp.where(finite_upper, safe_upper - jnp.maximum(jnp.abs(safe_upper), 1), centre),
+        ),
     )
     v = jnp.where(inside, value, stand_in)
     fn = _family(dist) or _generic

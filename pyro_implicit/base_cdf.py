@@ -304,7 +304,9 @@ def _inside(dist, value):
         finite_lower & finite_upper,
         (safe_lower + safe_upper) / 2,
         torch.where(
-            finite_lower, safe_lower + 1, torch.where(finite_upper, safe_upper - 1, centre)
+            finite_lower,
+            safe_lower + safe_lower.abs().clamp(min=1),
+            torch.where(finite_upper, safe_upper - safe_upper.abs().clamp(min=1), centre),
         ),
     )
     return torch.where(inside, value, stand_in), inside, below

@@ -496,6 +496,18 @@ def test_far_truncated_components_stay_finite(mixtures, dtype):
     assert np.any(z < -10) and np.any(z > -5)  # both components drawn
 
 
+@pytest.mark.parametrize("dtype,low", [("float32", 1e8), ("float64", 1e17)])
+def test_components_bounded_far_out_stay_finite(mixtures, dtype, low):
+    """A truncated Gamma on [low, inf) beside one near 0: the draws of the latter lie below the
+    former's support, where its terms are evaluated at a stand-in inside it. low + 1 rounds to
+    low at these magnitudes, where the stand-in was 1 unit inside (NaN gradients in PyTorch
+    before 2026-11-22); it is now |low| inside."""
+    params = [[2.0, 2.0], [1.0, 10 / low], [0.0, low], [np.inf, np.inf]]
+    ok, z, _ = mixtures.finite("TruncatedDistribution", [0.0, 0.0], params, False, 500, 0, dtype)
+    assert ok
+    assert np.any(z < 10) and np.any(z >= low)  # both components drawn
+
+
 def test_far_components_gradients_are_exact(mixtures):
     logits, params = [0.0, -69.0, 0.0], ([-60.0, 0.0, 60.0], [1.0, 1.0, 0.5])
     u = np.array([1e-4, 0.2, 0.3, 0.49, 0.51, 0.8, 1 - 1e-4])
