@@ -342,7 +342,8 @@ def _eps(x):
 
 
 def _log_gammainc_series(a, x):
-    """log P(a, x) and its a-derivative by the series, for 0 < x < a + 1."""
+    """log P(a, x), its a-derivative and log(x q/P) = log(a / sum_n t_n) (q the density) by the
+    series, for 0 < x < a + 1."""
     # P = x^a e^-x / Gamma(a + 1) sum_n t_n, t_n = prod_{k<=n} x / (a + k); carry
     # d(log t_n)/da = -sum_{k<=n} 1 / (a + k).
     eps = _eps(x)
@@ -363,14 +364,15 @@ def _log_gammainc_series(a, x):
     # One step first: the stopping rule needs a nonzero derivative term.
     state = body((jnp.asarray(0, x.dtype), one, zero, one, zero))
     _, _, _, total, dtotal = lax.while_loop(cond, body, state)
-    log_p = a * jnp.log(x) - x - lax.lgamma(a + 1) + jnp.log(total)
+    log_total = jnp.log(total)
+    log_p = a * jnp.log(x) - x - lax.lgamma(a + 1) + log_total
     dlog_p = jnp.log(x) - lax.digamma(a + 1) + dtotal / total
-    return log_p, dlog_p
+    return log_p, dlog_p, jnp.log(a) - log_total
 
 
 def _log_gammaincc_cf(a, x):
-    """log Q(a, x) and its a-derivative by Legendre's continued fraction (modified Lentz), for
-    x >= a + 1."""
+    """log Q(a, x), its a-derivative and log(x q/Q) = -log h (q the density) by Legendre's
+    continued fraction (modified Lentz), for x >= a + 1."""
     # Q = x^a e^-x / Gamma(a) h, h = 1/(b0 + a1/(b1 + a2/(b2 + ...))), b_i = x + 2i + 1 - a,
     # a_i = -i (i - a). Tangents in a are carried as logarithmic derivatives r = d log(.)/da.
     eps = _eps(x)
@@ -408,23 +410,34 @@ def _log_gammaincc_cf(a, x):
     log_h, r_h = state[6], state[7]
     log_q = a * jnp.log(x) - x - lax.lgamma(a) + log_h
     dlog_q = jnp.log(x) - lax.digamma(a) + r_h
-    return log_q, dlog_q
+    return log_q, dlog_q, -log_h
 
 
 @jax.jit  # compiled once per shape: eager calls would otherwise recompile the loops each time
 def _log_gammainc_impl(a, x):
-    """(log P, log Q, d log P/da, d log Q/da) for a > 0, x > 0."""
+    """(log P, log Q, d log P/da, d log Q/da, log d log P/d log x, log -d log Q/d log x) for
+    a > 0, x > 0."""
     series = x < a + 1
     # Each method sees only inputs in its own region (others get a harmless stand-in).
-    log_p_s, dlog_p_s = _log_gammainc_series(a, jnp.where(series, x, a / 2))
+    log_p_s, dlog_p_s, log_dp_s = _log_gammainc_series(a, jnp.where(series, x, a / 2))
     a_cf = jnp.where(series, jnp.ones_like(a), a)
-    log_q_c, dlog_q_c = _log_gammaincc_cf(a_cf, jnp.where(series, a_cf + 2, x))
+    log_q_c, dlog_q_c, log_dq_c = _log_gammaincc_cf(a_cf, jnp.where(series, a_cf + 2, x))
     log_p = jnp.where(series, log_p_s, log1mexp(jnp.minimum(log_q_c, 0.0)))
     log_q = jnp.where(series, log1mexp(jnp.minimum(log_p_s, 0.0)), log_q_c)
     # P dlogP/da = -Q dlogQ/da, each formed from the smaller side, so that no ratio overflows.
     dlog_p = jnp.where(series, dlog_p_s, -jnp.exp(log_q - log_p) * dlog_q_c)
     dlog_q = jnp.where(series, -jnp.exp(log_p - log_q) * dlog_p_s, dlog_q_c)
-    return log_p, log_q, dlog_p, dlog_q
+    # x q/P and x q/Q from the terms of each method, where x^a e^-x / Gamma(a) cancels: formed
+    # on its own, its logarithm has no correct digit left once x is large (1e8 in float32; the
+    # terms are about -x), and the derivatives in x would be 0, inf or NaN.
+    log_dp = jnp.where(series, log_dp_s, log_dq_c + log_q - log_p)
+    log_dq = jnp.where(series, log_dp_s + log_p - log_q, log_dq_c)
+    return log_p, log_q, dlog_p, dlog_q, log_dp, log_dq
+
+
+def _log_x_tangents(log_x_dot, log_dp, log_dq):
+    """The tangents of (log P, log Q) for a tangent of log x, from :func:`_log_gammainc_impl`."""
+    return jnp.exp(log_dp) * log_x_dot, -jnp.exp(log_dq) * log_x_dot
 
 
 def _variable_tangents(x_dot, log_f, log_s, log_density):
@@ -443,10 +456,8 @@ def _log_gammainc_pair(a, x):
 def _log_gammainc_pair_jvp(primals, tangents):
     a, x = primals
     a_dot, x_dot = tangents
-    log_p, log_q, dlog_p, dlog_q = _log_gammainc_impl(a, x)
-    # d P/dx = x^(a-1) e^-x / Gamma(a), the gamma density
-    log_density = (a - 1) * jnp.log(x) - x - lax.lgamma(a)
-    p_dot, q_dot = _variable_tangents(x_dot, log_p, log_q, log_density)
+    log_p, log_q, dlog_p, dlog_q, log_dp, log_dq = _log_gammainc_impl(a, x)
+    p_dot, q_dot = _log_x_tangents(x_dot / x, log_dp, log_dq)
     return (log_p, log_q), (dlog_p * a_dot + p_dot, dlog_q * a_dot + q_dot)
 
 
@@ -650,13 +661,10 @@ def _gamma_log_cdf_pair(a, rate, value):
 def _gamma_log_cdf_pair_jvp(primals, tangents):
     a, rate, value = primals
     a_dot, rate_dot, value_dot = tangents
-    log_p, log_q, dlog_p, dlog_q = _log_gammainc_impl(a, rate * value)
-    # d log P / d log x = x^a e^-x / (Gamma(a) P), finite where x = rate value is subnormal in
-    # float32 (a small shape puts mass there), where d log P / dx = x^(a-1) ... overflows.
-    log_x = jnp.log(rate) + jnp.log(value)
-    log_xdensity = a * log_x - jnp.exp(log_x) - lax.lgamma(a)
-    log_x_dot = rate_dot / rate + value_dot / value
-    p_dot, q_dot = _variable_tangents(log_x_dot, log_p, log_q, log_xdensity)
+    log_p, log_q, dlog_p, dlog_q, log_dp, log_dq = _log_gammainc_impl(a, rate * value)
+    # in log x = log rate + log value: finite where x is subnormal in float32 (a small shape puts
+    # mass there), where d log P / dx overflows
+    p_dot, q_dot = _log_x_tangents(rate_dot / rate + value_dot / value, log_dp, log_dq)
     return (log_p, log_q), (dlog_p * a_dot + p_dot, dlog_q * a_dot + q_dot)
 
 

@@ -324,7 +324,8 @@ def _eps(x):
 
 
 def _log_gammainc_series(a, x):
-    """log P(a, x) and its a-derivative by the series, for 0 < x < a + 1."""
+    """log P(a, x), its a-derivative and log(x q/P) = log(a / sum_n t_n) (q the density) by the
+    series, for 0 < x < a + 1."""
     # P = x^a e^-x / Gamma(a + 1) sum_n t_n, t_n = prod_{k<=n} x / (a + k); carry
     # d(log t_n)/da = -sum_{k<=n} 1 / (a + k).
     term, dlog_term = torch.ones_like(x), torch.zeros_like(x)
@@ -340,14 +341,15 @@ def _log_gammainc_series(a, x):
             torch.all((term <= eps * total) & ((term * dlog_term).abs() <= eps * dtotal.abs()))
         ):
             break
-    log_p = a * torch.log(x) - x - torch.lgamma(a + 1) + torch.log(total)
+    log_total = torch.log(total)
+    log_p = a * torch.log(x) - x - torch.lgamma(a + 1) + log_total
     dlog_p = torch.log(x) - torch.digamma(a + 1) + dtotal / total
-    return log_p, dlog_p
+    return log_p, dlog_p, torch.log(a) - log_total
 
 
 def _log_gammaincc_cf(a, x):
-    """log Q(a, x) and its a-derivative by Legendre's continued fraction (modified Lentz), for
-    x >= a + 1."""
+    """log Q(a, x), its a-derivative and log(x q/Q) = -log h (q the density) by Legendre's
+    continued fraction (modified Lentz), for x >= a + 1."""
     # Q = x^a e^-x / Gamma(a) h, h = 1/(b0 + a1/(b1 + a2/(b2 + ...))), b_i = x + 2i + 1 - a,
     # a_i = -i (i - a). Tangents in a are carried as logarithmic derivatives r = d log(.)/da.
     eps = _eps(x)
@@ -376,22 +378,33 @@ def _log_gammaincc_cf(a, x):
             break
     log_q = a * torch.log(x) - x - torch.lgamma(a) + log_h
     dlog_q = torch.log(x) - torch.digamma(a) + r_h
-    return log_q, dlog_q
+    return log_q, dlog_q, -log_h
 
 
 def _log_gammainc_impl(a, x):
-    """(log P, log Q, d log P/da, d log Q/da) for a > 0, x > 0 (no gradient)."""
+    """(log P, log Q, d log P/da, d log Q/da, log d log P/d log x, log -d log Q/d log x) for
+    a > 0, x > 0 (no gradient)."""
     series = x < a + 1
     # Each method sees only inputs in its own region (others get a harmless stand-in).
-    log_p_s, dlog_p_s = _log_gammainc_series(a, torch.where(series, x, a / 2))
+    log_p_s, dlog_p_s, log_dp_s = _log_gammainc_series(a, torch.where(series, x, a / 2))
     a_cf = torch.where(series, torch.ones_like(a), a)
-    log_q_c, dlog_q_c = _log_gammaincc_cf(a_cf, torch.where(series, a_cf + 2, x))
+    log_q_c, dlog_q_c, log_dq_c = _log_gammaincc_cf(a_cf, torch.where(series, a_cf + 2, x))
     log_p = torch.where(series, log_p_s, log1mexp(torch.clamp(log_q_c, max=0.0)))
     log_q = torch.where(series, log1mexp(torch.clamp(log_p_s, max=0.0)), log_q_c)
     # P dlogP/da = -Q dlogQ/da, each formed from the smaller side, so that no ratio overflows.
     dlog_p = torch.where(series, dlog_p_s, -torch.exp(log_q - log_p) * dlog_q_c)
     dlog_q = torch.where(series, -torch.exp(log_p - log_q) * dlog_p_s, dlog_q_c)
-    return log_p, log_q, dlog_p, dlog_q
+    # x q/P and x q/Q from the terms of each method, where x^a e^-x / Gamma(a) cancels: formed
+    # on its own, its logarithm has no correct digit left once x is large (1e8 in float32; the
+    # terms are about -x), and the derivatives in x would be 0, inf or NaN.
+    log_dp = torch.where(series, log_dp_s, log_dq_c + log_q - log_p)
+    log_dq = torch.where(series, log_dp_s + log_p - log_q, log_dq_c)
+    return log_p, log_q, dlog_p, dlog_q, log_dp, log_dq
+
+
+def _log_x_cotangent(grad_p, grad_q, log_dp, log_dq):
+    """The cotangent of log x from those of (log P, log Q), from :func:`_log_gammainc_impl`."""
+    return grad_p * torch.exp(log_dp) - grad_q * torch.exp(log_dq)
 
 
 def _variable_cotangent(grad_f, grad_s, log_f, log_s, log_density):
@@ -404,19 +417,16 @@ def _variable_cotangent(grad_f, grad_s, log_f, log_s, log_density):
 class _LogGammaincPair(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a, x):
-        log_p, log_q, dlog_p, dlog_q = _log_gammainc_impl(a, x)
-        ctx.save_for_backward(a, x, log_p, log_q, dlog_p, dlog_q)
+        log_p, log_q, *derivatives = _log_gammainc_impl(a, x)
+        ctx.save_for_backward(x, *derivatives)
         return log_p, log_q
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_p, grad_q):
-        a, x, log_p, log_q, dlog_p, dlog_q = ctx.saved_tensors
-        # d P/dx = x^(a-1) e^-x / Gamma(a), the gamma density
-        log_density = (a - 1) * torch.log(x) - x - torch.lgamma(a)
+        x, dlog_p, dlog_q, log_dp, log_dq = ctx.saved_tensors
         grad_a = grad_p * dlog_p + grad_q * dlog_q
-        grad_x = _variable_cotangent(grad_p, grad_q, log_p, log_q, log_density)
-        return grad_a, grad_x
+        return grad_a, _log_x_cotangent(grad_p, grad_q, log_dp, log_dq) / x
 
 
 def log_gammainc_pair(a: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -605,19 +615,17 @@ def student_t_log_cdf_pair(df: torch.Tensor, t: torch.Tensor) -> tuple[torch.Ten
 class _GammaLogCdfPair(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a, rate, value):
-        log_p, log_q, dlog_p, dlog_q = _log_gammainc_impl(a, rate * value)
-        ctx.save_for_backward(a, rate, value, log_p, log_q, dlog_p, dlog_q)
+        log_p, log_q, *derivatives = _log_gammainc_impl(a, rate * value)
+        ctx.save_for_backward(rate, value, *derivatives)
         return log_p, log_q
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_p, grad_q):
-        a, rate, value, log_p, log_q, dlog_p, dlog_q = ctx.saved_tensors
-        # d log P / d log x = x^a e^-x / (Gamma(a) P), finite where x = rate value is subnormal in
-        # float32 (a small shape puts mass there), where d log P / dx = x^(a-1) ... overflows.
-        log_x = torch.log(rate) + torch.log(value)
-        log_xdensity = a * log_x - torch.exp(log_x) - torch.lgamma(a)
-        grad_log_x = _variable_cotangent(grad_p, grad_q, log_p, log_q, log_xdensity)
+        rate, value, dlog_p, dlog_q, log_dp, log_dq = ctx.saved_tensors
+        # in log x = log rate + log value: finite where x is subnormal in float32 (a small shape
+        # puts mass there), where d log P / dx overflows
+        grad_log_x = _log_x_cotangent(grad_p, grad_q, log_dp, log_dq)
         grad_a = grad_p * dlog_p + grad_q * dlog_q
         grad_rate = grad_log_x / rate if ctx.needs_input_grad[1] else None
         grad_value = grad_log_x / value if ctx.needs_input_grad[2] else None

@@ -151,12 +151,12 @@ class TorchBackend:
             dist.Normal(torch.zeros(2), 1.0).to_event(1),
         ]
 
-    def special(self, name, args, dtype="float64"):
-        """special.<name>(*args) (a pair of log-values) and the gradient of the sum of its first
-        output in each argument."""
+    def special(self, name, args, dtype="float64", output=0):
+        """special.<name>(*args) (a pair of log-values) and the gradient of the sum of its
+        output ``output`` in each argument."""
         ts = [self._t(a, dtype, True) for a in args]
         out = getattr(self.lib.special, name)(*ts)
-        grads = self.torch.autograd.grad(out[0].sum(), ts)
+        grads = self.torch.autograd.grad(out[output].sum(), ts)
         return [o.detach().numpy() for o in out], [g.numpy() for g in grads]
 
 
@@ -311,12 +311,12 @@ class JaxBackend:
             dist.Normal(jnp.zeros(2), 1.0).to_event(1),
         ]
 
-    def special(self, name, args, dtype="float64"):
+    def special(self, name, args, dtype="float64", output=0):
         arrays = [self._a(a, dtype) for a in args]
         fn = getattr(self.lib.special, name)
         out = fn(*arrays)
         argnums = tuple(range(len(arrays)))
-        grads = self.jax.grad(lambda *a: fn(*a)[0].sum(), argnums=argnums)(*arrays)
+        grads = self.jax.grad(lambda *a: fn(*a)[output].sum(), argnums=argnums)(*arrays)
         return [np.asarray(o) for o in out], [np.asarray(g) for g in grads]
 
 

@@ -96,6 +96,35 @@ def test_log_gammainc_pair_float32(backend):
     assert np.all(np.abs(g_a - d_a[keep])[shown] <= 1e-3 * np.abs(d_a[keep])[shown] + 1e-6)
 
 
+# Far in the right tail: log q and log Q are both about -x there
+GAMMA_FAR_X = {"float32": (1e3, 1e5, 1e8), "float64": (1e3, 1e8, 1e12, 1e17)}
+
+
+@functools.cache
+def gamma_far_reference(xs):
+    """(a, x, d log Q/dx = -q/Q) at 50 digits."""
+    rows = []
+    with mp.workdps(50):
+        for a in (0.5, 2.0, 30.0):
+            for x in xs:
+                log_q = mp.log(mp.gammainc(a, x, mp.inf, regularized=True))
+                log_density = (a - 1) * mp.log(x) - x - mp.loggamma(a)
+                rows.append((a, x, float(-mp.exp(log_density - log_q))))
+    return np.array(rows).T
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_log_gammainc_pair_x_derivative_far_right(backend, dtype):
+    """d log Q/dx = -q/Q where log q and log Q, each about -x, agree in every digit that the
+    dtype holds: their difference was 0, inf or NaN before 2026-11-22 (from x = 1e8 in float32,
+    1e17 in float64; 1e-3 off at x = 1e5 in float32). It is now -1/(x h) with h the continued
+    fraction, whose logarithm (about -log x) carries a few roundings of its size."""
+    a, x, d_x = gamma_far_reference(GAMMA_FAR_X[dtype])
+    _, (_, g_x) = backend.special("log_gammainc_pair", (a, x), dtype, output=1)
+    eps = np.finfo(dtype).eps
+    assert np.all(np.abs(g_x - d_x) <= 4 * eps * (1 + np.log(x)) * np.abs(d_x))
+
+
 STUDENT_DF = [0.5, 1.0, 2.0, 2.5, 10.0, 100.0]
 STUDENT_T = [-1e8, -1e3, -30.0, -5.0, -1.0, -0.1, -1e-6, 0.0, 1e-6, 0.3, 2.0, 40.0, 1e5]
 
