@@ -83,10 +83,14 @@ def _log_mass(lower, upper):
     :math:`S`, so that the larger term of the difference is the smaller of the two."""
     (log_f1, log_s1), (log_f2, log_s2) = lower, upper
     use_f = log_f2 < log_s1
+    # Where the larger term underflows (both ends far in one tail), the mass is 0: -inf, not
+    # the NaN of -inf - (-inf).
+    empty = jnp.where(use_f, log_f2, log_s1) == -jnp.inf
     # The branch not taken gets a harmless -1, so that its derivative stays finite.
-    d_f = jnp.where(use_f, jnp.minimum(log_f1 - log_f2, 0.0), -1.0)
-    d_s = jnp.where(use_f, -1.0, jnp.minimum(log_s2 - log_s1, 0.0))
-    return jnp.where(use_f, log_f2 + log1mexp(d_f), log_s1 + log1mexp(d_s))
+    d_f = jnp.where(use_f & ~empty, jnp.minimum(log_f1 - log_f2, 0.0), -1.0)
+    d_s = jnp.where(use_f | empty, -1.0, jnp.minimum(log_s2 - log_s1, 0.0))
+    mass = jnp.where(use_f, log_f2 + log1mexp(d_f), log_s1 + log1mexp(d_s))
+    return jnp.where(empty, -jnp.inf, mass)
 
 
 def _truncated_cdf(base, z, low, high):

@@ -68,10 +68,14 @@ def _log_mass(lower, upper):
     :math:`S`, so that the larger term of the difference is the smaller of the two."""
     (log_f1, log_s1), (log_f2, log_s2) = lower, upper
     use_f = log_f2 < log_s1
+    # Where the larger term underflows (both ends far in one tail), the mass is 0: -inf, not
+    # the NaN of -inf - (-inf).
+    empty = torch.where(use_f, log_f2, log_s1) == -math.inf
     # The branch not taken gets a harmless -1, so that its gradient stays finite.
-    d_f = torch.where(use_f, torch.clamp(log_f1 - log_f2, max=0.0), -1.0)
-    d_s = torch.where(use_f, -1.0, torch.clamp(log_s2 - log_s1, max=0.0))
-    return torch.where(use_f, log_f2 + log1mexp(d_f), log_s1 + log1mexp(d_s))
+    d_f = torch.where(use_f & ~empty, torch.clamp(log_f1 - log_f2, max=0.0), -1.0)
+    d_s = torch.where(use_f | empty, -1.0, torch.clamp(log_s2 - log_s1, max=0.0))
+    mass = torch.where(use_f, log_f2 + log1mexp(d_f), log_s1 + log1mexp(d_s))
+    return torch.where(empty, -math.inf, mass)
 
 
 def _truncated_cdf(base, z, low, high):

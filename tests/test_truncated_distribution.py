@@ -307,6 +307,16 @@ def test_log_cdf_where_the_cdf_underflows(backend):
     assert np.all(log_sf == 0.0) and np.all(ref_log_sf == 0.0)
 
 
+def test_log_cdf_where_both_bounds_underflow(backend):
+    """Gumbel(30.12, 0.068) below high = 33.9, at z = -29, 870 scales into the left tail: log F
+    underflows to -inf at z and at the missing lower bound alike, and log F_T is -inf (the truth,
+    -exp(870), is beyond float64), not the NaN of -inf - (-inf) (before 2026-11-22)."""
+    log_cdf, log_sf = backend.truncated_methods(
+        "Gumbel", (30.12, 0.068), None, 33.9, [("log_cdf", -29.0), ("log_sf", -29.0)]
+    )
+    assert log_cdf == -np.inf and log_sf == 0.0
+
+
 MOMENTS = [("mean", None), ("variance", None)]
 
 
