@@ -437,9 +437,11 @@ def _tangent(z, params, dots, treedef, batch, multivariate, location_scale=None)
         x_full = jnp.broadcast_to(x_d, log_q.shape)
         _, b = jax.jvp(base.log_prob, (x_full,), (jnp.ones_like(x_full),))
         # Outside a component's support its later weights are 0, so its score is not used: 0
-        # there, not the NaN of differentiating log 0.
+        # there, not the NaN of differentiating log 0; so too where the score overflows (a
+        # Gumbel 87 scales into its left tail in float32, where e^-x/scale does), its weight
+        # having underflowed long before.
         finite = jnp.isfinite(log_q)
-        b = jnp.where(finite, b, 0.0)
+        b = jnp.where(finite & jnp.isfinite(b), b, 0.0)
         w = jnp.exp(log_w)
         lower = jnp.sum(w * cdf, axis=0)  # S_d
         upper = jnp.sum(w * sf, axis=0)  # 1 - S_d

@@ -508,6 +508,15 @@ def test_components_bounded_far_out_stay_finite(mixtures, dtype, low):
     assert np.any(z < 10) and np.any(z >= low)  # both components drawn
 
 
+def test_gumbel_score_overflow_stays_finite(mixtures):
+    """A Gumbel component 86.6 scales from a draw into its left tail, in float32: its log-density
+    is finite there but its derivative in the value, about e^86.6/scale, overflows (NaN
+    gradients in NumPyro before 2026-11-22); its weight is 0 long before."""
+    loc, scale = [[86.6 * 0.0768, 0.0], [0.0, 0.0]], [[0.0768, 1.0], [1.0, 1.0]]
+    ok, _, _ = mixtures.finite("Gumbel", [-30.0, 0.0], [loc, scale], True, 64, 0, "float32")
+    assert ok
+
+
 def test_far_components_gradients_are_exact(mixtures):
     logits, params = [0.0, -69.0, 0.0], ([-60.0, 0.0, 60.0], [1.0, 1.0, 0.5])
     u = np.array([1e-4, 0.2, 0.3, 0.49, 0.51, 0.8, 1 - 1e-4])
