@@ -293,14 +293,21 @@ def _inside(dist, value):
     inside = ~(below | above)
     lower = torch.as_tensor(lower, dtype=value.dtype, device=value.device)
     upper = torch.as_tensor(upper, dtype=value.dtype, device=value.device)
-    finite_lower, finite_upper = torch.isfinite(lower), torch.isfinite(upper)
-    safe_lower = torch.where(finite_lower, lower, 0.0)
-    safe_upper = torch.where(finite_upper, upper, 0.0)
     # On the whole line, the base's location where it has one: 0 may lie hundreds of scales out
     # (where a Gumbel's exp(-x) overflows).
     centre = getattr(dist, "loc", None)
     centre = centre.detach() if isinstance(centre, torch.Tensor) else 0.0
-    stand_in = torch.where(
+    return torch.where(inside, value, stand_in(lower, upper, centre)), inside, below
+
+
+def stand_in(lower, upper, centre=0.0):
+    r"""A point strictly inside ``(lower, upper)`` (tensors, either end possibly infinite): the
+    midpoint, or :math:`\max(1, |b|)` inside the one finite end :math:`b` (1 inside would round
+    onto a large bound, or sit where a truncated CDF rounds to 0), or ``centre``."""
+    finite_lower, finite_upper = torch.isfinite(lower), torch.isfinite(upper)
+    safe_lower = torch.where(finite_lower, lower, 0.0)
+    safe_upper = torch.where(finite_upper, upper, 0.0)
+    return torch.where(
         finite_lower & finite_upper,
         (safe_lower + safe_upper) / 2,
         torch.where(
@@ -309,7 +316,6 @@ def _inside(dist, value):
             torch.where(finite_upper, safe_upper - safe_upper.abs().clamp(min=1), centre),
         ),
     )
-    return torch.where(inside, value, stand_in), inside, below
 
 
 def log_cdf_pair(dist, value) -> tuple[torch.Tensor, torch.Tensor]:

@@ -30,7 +30,7 @@ from pyro.distributions import (
 from torch.distributions.utils import broadcast_all
 
 from ._implicit import implicit_reparameterize
-from .base_cdf import check_base, log_cdf_pair, parameters, rebuild, support_bounds
+from .base_cdf import check_base, log_cdf_pair, parameters, rebuild, stand_in, support_bounds
 from .base_cdf import log_prob as base_log_prob
 from .special import log1mexp
 from .truncated_normal import TruncatedNormal, _at_most_zero, _check_ordered, _clamp
@@ -347,8 +347,9 @@ class TruncatedUnivariate(TorchDistribution):
         value, lo, hi = self._checked(value)
         base = self._unchecked_base()
         inside = (value >= lo) & (value <= hi)
-        # The base sees only values in the interval (its own log_prob may reject the others).
-        safe = torch.where(inside, value, torch.where(torch.isfinite(lo), lo, hi))
+        # The base sees only values inside the interval (its own log_prob may reject the others,
+        # and a bound at the end of its support, as 0 for a Gamma, has a NaN derivative there).
+        safe = torch.where(inside, value, stand_in(lo, hi))
         lp = base_log_prob(base, safe) - self._log_mass(base)
         return torch.where(inside, lp, -math.inf)
 

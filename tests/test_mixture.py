@@ -508,6 +508,20 @@ def test_components_bounded_far_out_stay_finite(mixtures, dtype, low):
     assert np.any(z < 10) and np.any(z >= low)  # both components drawn
 
 
+def test_components_bounded_at_their_support_end_stay_finite(mixtures):
+    """Gamma components truncated to [0, 1] and [0, 20] in two dimensions: draws of the second
+    above 1 lie outside the first, whose log-density was then evaluated at its lower bound 0,
+    the end of the Gamma's support, with a NaN derivative (PyTorch, before 2026-11-22)."""
+    params = [
+        [[2.0, 2.0], [5.0, 5.0]],
+        [[1.0, 1.0]] * 2,
+        [[0.0, 0.0]] * 2,
+        [[1.0, 1.0], [20.0, 20.0]],
+    ]
+    ok, z, _ = mixtures.finite("TruncatedDistribution", [0.0, 0.0], params, True, 64, 0, "float64")
+    assert ok and np.any(z > 1)
+
+
 def test_gumbel_score_overflow_stays_finite(mixtures):
     """A Gumbel component 86.6 scales from a draw into its left tail, in float32: its log-density
     is finite there but its derivative in the value, about e^86.6/scale, overflows (NaN
