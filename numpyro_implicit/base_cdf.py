@@ -216,6 +216,24 @@ def rebuild(dist, params):
     return jax.tree_util.tree_unflatten(treedef, params)
 
 
+def stand_in(lower, upper, centre=0.0):
+    r"""A point strictly inside ``(lower, upper)`` (either end possibly infinite): the
+    midpoint, or :math:`\max(1, |b|)` inside the one finite end :math:`b` (1 inside would round
+    onto a large bound, or sit where a truncated CDF rounds to 0), or ``centre``."""
+    finite_lower, finite_upper = jnp.isfinite(lower), jnp.isfinite(upper)
+    safe_lower = jnp.where(finite_lower, lower, 0.0)
+    safe_upper = jnp.where(finite_upper, upper, 0.0)
+    return jnp.where(
+        finite_lower & finite_upper,
+        (safe_lower + safe_upper) / 2,
+        jnp.where(
+            finite_lower,
+            safe_lower + jnp.maximum(jnp.abs(safe_lower), 1),
+            jnp.where(finite_upper, safe_upper - jnp.maximum(jnp.abs(safe_upper), 1), centre),
+        ),
+    )
+
+
 def log_cdf_pair(dist, value):
     r""":math:`(\log F(v), \log(1 - F(v)))` of the univariate ``dist`` at ``value``,
     differentiable in ``value`` and in the parameters of ``dist``; each accurate in its own
@@ -228,23 +246,11 @@ def log_cdf_pair(dist, value):
     inside = ~(below | above)
     # A stand-in inside the support where the value is not, so that no branch sees a value at
     # which it is undefined (its derivative would otherwise turn the masked zeros into NaN).
-    finite_lower, finite_upper = jnp.isfinite(lower), jnp.isfinite(upper)
-    safe_lower = jnp.where(finite_lower, lower, 0.0)
-    safe_upper = jnp.where(finite_upper, upper, 0.0)
     # On the whole line, the base's location where it has one: 0 may lie hundreds of scales out
     # (where a Gumbel's exp(-x) overflows).
     centre = getattr(dist, "loc", None)
     centre = 0.0 if centre is None else lax.stop_gradient(jnp.asarray(centre, value.dtype))
-    stand_in = jnp.where(
-        finite_lower & finite_upper,
-        (safe_lower + safe_upper) / 2,
-        jnp.where(
-            finite_lower,
-            safe_lower + jnp.maximum(jnp.abs(safe_lower), 1),
-            jnp.where(finite_upper, safe_upper - jnp.maximum(jnp.abs(safe_upper), 1), centre),
-        ),
-    )
-    v = jnp.where(inside, value, stand_in)
+    v = jnp.where(inside, value, stand_in(lower, upper, centre))
     fn = _family(dist) or _generic
     log_f, log_s = fn(dist, v)
     log_f = jnp.where(inside, log_f, jnp.where(below, -jnp.inf, 0.0))

@@ -37,7 +37,7 @@ from numpyro.util import is_prng_key, not_jax_tracer
 
 from ._implicit import implicit_reparameterize
 from ._validation import ConstraintMessageMixin
-from .base_cdf import check_base, log_cdf_pair, parameters, rebuild, support_bounds
+from .base_cdf import check_base, log_cdf_pair, parameters, rebuild, stand_in, support_bounds
 from .base_cdf import log_prob as base_log_prob
 from .special import log1mexp
 from .truncated_normal import TruncatedNormal, _at_most_zero, _check_ordered, _clamp
@@ -396,8 +396,9 @@ class TruncatedUnivariate(ConstraintMessageMixin, Distribution):
     def _log_prob(self, value):
         lo, hi = _bracket(self.base_dist, self.low, self.high)
         inside = (value >= lo) & (value <= hi)
-        # The base sees only values in the interval (elsewhere its density may be undefined).
-        safe = jnp.where(inside, value, jnp.where(jnp.isfinite(lo), lo, hi))
+        # The base sees only values inside the interval (elsewhere its density may be undefined,
+        # and a bound at the end of its support, as 0 for a Gamma, may have no derivative).
+        safe = jnp.where(inside, value, stand_in(lo, hi))
         lp = _truncated_log_prob(self.base_dist, safe, self.low, self.high)
         return jnp.where(inside, lp, -jnp.inf)
 
