@@ -512,14 +512,15 @@ def _lentz_step(aa, daa_a, daa_b, d, rd_a, rd_b, c, rc_a, rc_b):
     return 1 / big_d, -rbd_a, -rbd_b, big_c, rbc_a, rbc_b
 
 
-def _log_betainc_cf(a, b, x, y):
+def _log_betainc_cf(a, b, x, y, log_x, log_y):
     """log I_x(a, b) with its derivatives in a and b at fixed x, for x < (a+1)/(a+b+2), y = 1-x,
-    by the continued fraction of Numerical Recipes (modified Lentz), carrying log-derivatives."""
+    by the continued fraction of Numerical Recipes (modified Lentz), carrying log-derivatives.
+    ``log_x`` and ``log_y`` are passed apart: x may underflow where log x is still finite."""
     eps = _eps(x)
     # front = x^a y^b / (a B(a, b))
-    log_front = a * jnp.log(x) + b * jnp.log(y) - jnp.log(a) - _lbeta(a, b)
-    dfront_a = jnp.log(x) - 1 / a - lax.digamma(a) + lax.digamma(a + b)
-    dfront_b = jnp.log(y) - lax.digamma(b) + lax.digamma(a + b)
+    log_front = a * log_x + b * log_y - jnp.log(a) - _lbeta(a, b)
+    dfront_a = log_x - 1 / a - lax.digamma(a) + lax.digamma(a + b)
+    dfront_b = log_y - lax.digamma(b) + lax.digamma(a + b)
     big_d = 1 - (a + b) * x / (a + 1)
     # d/da (a+b)/(a+1) = (1-b)/(a+1)^2, d/db = 1/(a+1)
     rd_a = -((-x * (1 - b) / (a + 1) ** 2) / big_d)
@@ -568,13 +569,14 @@ def _log_betainc_cf(a, b, x, y):
     return log_front + state[7], dfront_a + state[8], dfront_b + state[9]
 
 
-def _log_betainc_impl(a, b, x, y):
+def _log_betainc_impl(a, b, x, y, log_x, log_y):
     """log I_x(a, b), log(1 - I_x(a, b)) and d log I/da at fixed x, y = 1 - x."""
     direct = x < (a + 1) / (a + b + 2)
     # I_x(a, b) = 1 - I_y(b, a): each side evaluated where its continued fraction converges.
     xs, ys = jnp.where(direct, x, y), jnp.where(direct, y, x)
+    log_xs, log_ys = jnp.where(direct, log_x, log_y), jnp.where(direct, log_y, log_x)
     first, second = jnp.where(direct, a, b), jnp.where(direct, b, a)
-    log_j, dj_first, dj_second = _log_betainc_cf(first, second, xs, ys)
+    log_j, dj_first, dj_second = _log_betainc_cf(first, second, xs, ys, log_xs, log_ys)
     log_jc = log1mexp(jnp.minimum(log_j, 0.0))
     log_i = jnp.where(direct, log_j, log_jc)
     log_ic = jnp.where(direct, log_jc, log_j)
@@ -583,12 +585,31 @@ def _log_betainc_impl(a, b, x, y):
     return log_i, log_ic, dlog_i
 
 
+def _student_t_xy(df, t):
+    """x = df / (df + t^2), y = 1 - x and their logarithms, without forming t^2, which overflows
+    (float32 beyond |t| ~ 1e19): x and y may underflow where their logarithms stay finite."""
+    t_abs, root = jnp.abs(t), jnp.sqrt(df)
+    big = t_abs > root
+    # r <= 1, and q = r^2 is t^2/df inside |t| <= sqrt(df), df/t^2 outside.
+    near, far = jnp.minimum(t_abs, root), jnp.maximum(t_abs, root)
+    r = near / far
+    log_r = jnp.where(r >= jnp.finfo(t.dtype).tiny, jnp.log(r), jnp.log(near) - jnp.log(far))
+    q = r * r
+    log_1pq = jnp.log1p(q)
+    # 1/(1+q) is x inside and y outside; q/(1+q) the other.
+    p_one, p_q = 1 / (1 + q), q / (1 + q)
+    log_one, log_q = -log_1pq, 2 * log_r - log_1pq
+    x, y = jnp.where(big, p_q, p_one), jnp.where(big, p_one, p_q)
+    log_x, log_y = jnp.where(big, log_q, log_one), jnp.where(big, log_one, log_q)
+    return x, y, log_x, log_y
+
+
 def _student_t_log_pdf(df, t):
     return (
         lax.lgamma((df + 1) / 2)
         - lax.lgamma(df / 2)
         - 0.5 * jnp.log(df * math.pi)
-        - (df + 1) / 2 * jnp.log1p(t * t / df)
+        - (df + 1) / 2 * _log1p_square(t, df)
     )
 
 
@@ -596,18 +617,18 @@ def _student_t_log_pdf(df, t):
 def _student_t_impl(df, t):
     """(log F, log S, d log F/d df, d log S/d df) of the standard Student t at t."""
     # The lower tail L = F(-|t|) = I_x(df/2, 1/2) / 2 with x = df / (df + t^2).
-    t2 = t * t
-    x, y = df / (df + t2), t2 / (df + t2)
+    x, y, log_x, log_y = _student_t_xy(df, t)
     zero = t == 0
-    y = jnp.where(zero, 0.5, y)  # at t = 0, L = 1/2 exactly (set below)
-    x = jnp.where(zero, 0.5, x)
+    # At t = 0, L = 1/2 exactly (set below): any x inside (0, 1) keeps the branches finite.
+    x, y = jnp.where(zero, 0.5, x), jnp.where(zero, 0.5, y)
+    log_x, log_y = jnp.where(zero, -math.log(2), log_x), jnp.where(zero, -math.log(2), log_y)
     half = jnp.full_like(df, 0.5)
     a = df / 2
-    log_i, _, dlog_i_da = _log_betainc_impl(a, half, x, y)
+    log_i, _, dlog_i_da = _log_betainc_impl(a, half, x, y, log_x, log_y)
     log_l = log_i - math.log(2)
     log_lc = log1mexp(jnp.minimum(log_l, 0.0))
     # dL/d df / L = (1/2) dlogI/da + x^a y^(1/2) / (B(a, 1/2) df I) (x moves with df too).
-    log_dx_term = a * jnp.log(x) + 0.5 * jnp.log(y) - _lbeta(a, half) - jnp.log(df)
+    log_dx_term = a * log_x + 0.5 * log_y - _lbeta(a, half) - jnp.log(df)
     dlog_l = 0.5 * dlog_i_da + jnp.exp(log_dx_term - log_i)
     log_l = jnp.where(zero, -math.log(2), log_l)
     log_lc = jnp.where(zero, -math.log(2), log_lc)

@@ -467,14 +467,15 @@ def _lbeta(a, b):
     return torch.lgamma(a) + torch.lgamma(b) - torch.lgamma(a + b)
 
 
-def _log_betainc_cf(a, b, x, y):
+def _log_betainc_cf(a, b, x, y, log_x, log_y):
     """log I_x(a, b) with its derivatives in a and b at fixed x, for x < (a+1)/(a+b+2), y = 1-x,
-    by the continued fraction of Numerical Recipes (modified Lentz), carrying log-derivatives."""
+    by the continued fraction of Numerical Recipes (modified Lentz), carrying log-derivatives.
+    ``log_x`` and ``log_y`` are passed apart: x may underflow where log x is still finite."""
     eps = _eps(x)
     # front = x^a y^b / (a B(a, b))
-    log_front = a * torch.log(x) + b * torch.log(y) - torch.log(a) - _lbeta(a, b)
-    dfront_a = torch.log(x) - 1 / a - torch.digamma(a) + torch.digamma(a + b)
-    dfront_b = torch.log(y) - torch.digamma(b) + torch.digamma(a + b)
+    log_front = a * log_x + b * log_y - torch.log(a) - _lbeta(a, b)
+    dfront_a = log_x - 1 / a - torch.digamma(a) + torch.digamma(a + b)
+    dfront_b = log_y - torch.digamma(b) + torch.digamma(a + b)
     one = torch.ones_like(x)
     big_d = 1 - (a + b) * x / (a + 1)
     # d/da (a+b)/(a+1) = (1-b)/(a+1)^2, d/db = 1/(a+1)
@@ -527,13 +528,14 @@ def _log_betainc_cf(a, b, x, y):
     return log_front + log_h, dfront_a + rh_a, dfront_b + rh_b
 
 
-def _log_betainc_impl(a, b, x, y):
+def _log_betainc_impl(a, b, x, y, log_x, log_y):
     """log I_x(a, b), log(1 - I_x(a, b)) and d log I/da at fixed x, y = 1 - x (no gradient)."""
     direct = x < (a + 1) / (a + b + 2)
     # I_x(a, b) = 1 - I_y(b, a): each side evaluated where its continued fraction converges.
     xs, ys = torch.where(direct, x, y), torch.where(direct, y, x)
+    log_xs, log_ys = torch.where(direct, log_x, log_y), torch.where(direct, log_y, log_x)
     first, second = torch.where(direct, a, b), torch.where(direct, b, a)
-    log_j, dj_first, dj_second = _log_betainc_cf(first, second, xs, ys)
+    log_j, dj_first, dj_second = _log_betainc_cf(first, second, xs, ys, log_xs, log_ys)
     log_jc = log1mexp(torch.clamp(log_j, max=0.0))
     log_i = torch.where(direct, log_j, log_jc)
     log_ic = torch.where(direct, log_jc, log_j)
@@ -542,30 +544,51 @@ def _log_betainc_impl(a, b, x, y):
     return log_i, log_ic, dlog_i
 
 
+def _student_t_xy(df, t):
+    """x = df / (df + t^2), y = 1 - x and their logarithms, without forming t^2, which overflows
+    (float32 beyond |t| ~ 1e19): x and y may underflow where their logarithms stay finite."""
+    t_abs, root = torch.abs(t), torch.sqrt(df)
+    big = t_abs > root
+    # r <= 1, and q = r^2 is t^2/df inside |t| <= sqrt(df), df/t^2 outside.
+    near, far = torch.minimum(t_abs, root), torch.maximum(t_abs, root)
+    r = near / far
+    log_r = torch.where(
+        r >= torch.finfo(t.dtype).tiny, torch.log(r), torch.log(near) - torch.log(far)
+    )
+    q = r * r
+    log_1pq = torch.log1p(q)
+    # 1/(1+q) is x inside and y outside; q/(1+q) the other.
+    p_one, p_q = 1 / (1 + q), q / (1 + q)
+    log_one, log_q = -log_1pq, 2 * log_r - log_1pq
+    x, y = torch.where(big, p_q, p_one), torch.where(big, p_one, p_q)
+    log_x, log_y = torch.where(big, log_q, log_one), torch.where(big, log_one, log_q)
+    return x, y, log_x, log_y
+
+
 def _student_t_log_pdf(df, t):
     return (
         torch.lgamma((df + 1) / 2)
         - torch.lgamma(df / 2)
         - 0.5 * torch.log(df * math.pi)
-        - (df + 1) / 2 * torch.log1p(t * t / df)
+        - (df + 1) / 2 * _log1p_square(t, df)
     )
 
 
 def _student_t_impl(df, t):
     """(log F, log S, d log F/d df, d log S/d df) of the standard Student t at t (no gradient)."""
     # The lower tail L = F(-|t|) = I_x(df/2, 1/2) / 2 with x = df / (df + t^2).
-    t2 = t * t
-    x, y = df / (df + t2), t2 / (df + t2)
+    x, y, log_x, log_y = _student_t_xy(df, t)
     zero = t == 0
-    y = torch.where(zero, 0.5, y)  # at t = 0, L = 1/2 exactly (set below)
-    x = torch.where(zero, 0.5, x)
+    # At t = 0, L = 1/2 exactly (set below): any x inside (0, 1) keeps the branches finite.
+    x, y = torch.where(zero, 0.5, x), torch.where(zero, 0.5, y)
+    log_x, log_y = torch.where(zero, -math.log(2), log_x), torch.where(zero, -math.log(2), log_y)
     half = torch.full_like(df, 0.5)
     a = df / 2
-    log_i, log_ic, dlog_i_da = _log_betainc_impl(a, half, x, y)
+    log_i, log_ic, dlog_i_da = _log_betainc_impl(a, half, x, y, log_x, log_y)
     log_l = log_i - math.log(2)
     log_lc = log1mexp(torch.clamp(log_l, max=0.0))
     # dL/d df / L = (1/2) dlogI/da + x^a y^(1/2) / (B(a, 1/2) df I) (x moves with df too).
-    log_dx_term = a * torch.log(x) + 0.5 * torch.log(y) - _lbeta(a, half) - torch.log(df)
+    log_dx_term = a * log_x + 0.5 * log_y - _lbeta(a, half) - torch.log(df)
     dlog_l = 0.5 * dlog_i_da + torch.exp(log_dx_term - log_i)
     log_l = torch.where(zero, -math.log(2), log_l)
     log_lc = torch.where(zero, -math.log(2), log_lc)

@@ -136,6 +136,17 @@ def _student_log_tails(df, t):
     return (mp.log(lower), mp.log(1 - lower)) if t <= 0 else (mp.log(1 - lower), mp.log(lower))
 
 
+def _student_log_pdf(df, t):
+    """The log-density of the standard Student t in mpmath."""
+    df, t = mp.mpf(df), mp.mpf(t)
+    return (
+        mp.loggamma((df + 1) / 2)
+        - mp.loggamma(df / 2)
+        - mp.log(df * mp.pi) / 2
+        - (df + 1) / 2 * mp.log1p(t * t / df)
+    )
+
+
 @functools.cache
 def student_reference():
     rows = []
@@ -149,14 +160,7 @@ def student_reference():
                     d_df = -mp.diff(
                         lambda v, t=t: mp.exp(_student_log_tails(v, t)[1]), df
                     ) / mp.exp(log_f)
-                df_, t_ = mp.mpf(df), mp.mpf(t)
-                log_pdf = (
-                    mp.loggamma((df_ + 1) / 2)
-                    - mp.loggamma(df_ / 2)
-                    - mp.log(df_ * mp.pi) / 2
-                    - (df_ + 1) / 2 * mp.log1p(t_ * t_ / df_)
-                )
-                d_t = mp.exp(log_pdf - log_f)
+                d_t = mp.exp(_student_log_pdf(df, t) - log_f)
                 rows.append((df, t, *(float(v) for v in (log_f, log_s, d_df, d_t))))
     return np.array(rows).T
 
@@ -183,6 +187,55 @@ def test_student_t_log_cdf_pair_float32(backend):
     assert np.all(np.abs(ours_s - log_s[keep]) <= 1e-5 * np.maximum(1, np.abs(log_s[keep])))
     assert np.all(np.abs(g_df - d_df[keep]) <= 1e-3 * np.abs(d_df[keep]) + 1e-6)
     assert np.all(np.abs(g_t - d_t[keep]) <= 1e-4 * np.abs(d_t[keep]) + 1e-30)
+
+
+STUDENT_FAR_T = {
+    "float32": (1e4, 1e10, 1e19, 1e20, 1e30, 3e38),
+    "float64": (1e10, 1e20, 1e154, 1e160, 1e300),
+}
+
+
+@functools.cache
+def student_far_reference(dtype):
+    """(df, t, log F, log S, d log F/d df, d log F/dt) at t = -|t| far out, at 40 digits."""
+    rows = []
+    with mp.workdps(40):
+        for df in (0.3, 1.0, 5.0, 30.0):
+            for t in STUDENT_FAR_T[dtype]:
+                t = -float(np.asarray(t, dtype))  # the value the dtype holds
+                log_f = _student_log_tails(df, t)[0]
+                log_s = mp.log1p(-mp.exp(log_f))  # 1 - F rounds to 1 at 40 digits
+                d_df = mp.diff(lambda v, t=t: _student_log_tails(v, t)[0], df)
+                # q/F: mp.diff would need hundreds of digits at these t
+                d_t = mp.exp(_student_log_pdf(df, t) - log_f)
+                rows.append((df, t, *(float(v) for v in (log_f, log_s, d_df, d_t))))
+    return np.array(rows).T
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_student_t_log_cdf_pair_far_out(backend, dtype):
+    """Out to the largest finite t of the dtype, where t^2 overflows: the CDF was NaN from
+    |t| ~ 1.8e19 in float32 and 1.3e154 in float64 before 2026-11-22. Both tails, and the
+    derivatives of the small one (at -|t| and, by symmetry, at +|t|).
+
+    log|t| and log df are rounded to eps relative, eps log|t| absolute, and enter log F and
+    the log-density multiplied by df/2 and (df + 1)/2: the derivative in t, the exponential
+    of their difference, carries about eps (1 + df)(1 + log|t|) relative error (measured: up
+    to 1.05 times that; the test allows 4); log F carries a few roundings of its own size."""
+    df, t, log_f, log_s, d_df, d_t = student_far_reference(dtype)
+    eps, tiny = np.finfo(dtype).eps, np.finfo(dtype).tiny
+    scale = 4 * eps * (1 + df) * (1 + np.log(np.abs(t)))
+    # d/dt below the smallest normal number flushes to 0 on XLA's CPU: not compared there.
+    normal = np.abs(d_t) > tiny
+    for sign, output in ((1, 0), (-1, 1)):  # at +|t| the small tail is S, its slope -q/S
+        out, (g_df, g_t) = backend.special("student_t_log_cdf_pair", (df, sign * t), dtype, output)
+        small, large = out[output], out[1 - output]
+        assert np.all(np.abs(small - log_f) <= 4 * eps * np.maximum(1, np.abs(log_f)))
+        # log S = log(1 - F) from F, whose relative error is the absolute one of log F.
+        bound = 4 * eps * np.maximum(1, np.abs(log_f)) * np.abs(log_s) + tiny
+        assert np.all(np.abs(large - log_s) <= bound)
+        assert np.all(np.abs(g_df - d_df) <= scale * np.abs(d_df))
+        assert np.all(np.abs(sign * g_t - d_t)[normal] <= (scale * np.abs(d_t))[normal])
 
 
 @pytest.mark.parametrize("df,t", [(3.0, -2.0), (1.0, 4.0)])

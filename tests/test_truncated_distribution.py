@@ -244,6 +244,7 @@ EDGES = [
     ("Cauchy", (0.0, 1.0), 1e20, None),  # x^2 overflows float32
     ("StudentT", (0.5, 0.0, 1.0), -1e6, -1e3),
     ("StudentT", (30.0, 0.0, 1.0), 10.0, None),
+    ("StudentT", (0.66, 0.0, 1.0), 1e20, None),  # t^2 overflows float32
     ("Exponential", (2.0,), None, None),  # no truncation at all
 ]
 
