@@ -414,17 +414,64 @@ def _variable_cotangent(grad_f, grad_s, log_f, log_s, log_density):
     return grad_f * torch.exp(log_density - log_f) - grad_s * torch.exp(log_density - log_s)
 
 
+class _NoSecondDerivative(torch.autograd.Function):
+    """The identity on the results of a first-order backward, tied to what they depend on; its
+    own backward raises."""
+
+    @staticmethod
+    def forward(ctx, name, count, *tensors):
+        ctx.name = name
+        return tuple(t.clone() for t in tensors[:count])
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise NotImplementedError(
+            f"pyro_implicit.special.{ctx.name} is differentiable once: second derivatives "
+            "through it (a Gamma or StudentT base or component inside a Hessian) are not "
+            "implemented in PyTorch; numpyro_implicit gives them in forward-over-reverse mode "
+            "(jax.hessian, jax.jvp of jax.grad)"
+        )
+
+
+def _first_order(name, n_inputs):
+    """Decorator for the backward of a Function that is differentiable once. The backward runs
+    without a graph; under ``create_graph`` its results are tied, by a node that raises when
+    differentiated, to the cotangents and to the Function's inputs (its first ``n_inputs``
+    saved tensors). ``once_differentiable`` ties them to the cotangents only, so that a double
+    backward reaching the inputs by another path silently lacked these terms."""
+
+    def decorate(backward):
+        @functools.wraps(backward)
+        def wrapper(ctx, *grads):
+            with torch.no_grad():
+                out = backward(ctx, *grads)
+            ties = [
+                t
+                for t in (*grads, *ctx.saved_tensors[:n_inputs])
+                if isinstance(t, torch.Tensor) and t.requires_grad
+            ]
+            if not (torch.is_grad_enabled() and ties):
+                return out
+            present = [o for o in out if o is not None]
+            tied = iter(_NoSecondDerivative.apply(name, len(present), *present, *ties))
+            return tuple(None if o is None else next(tied) for o in out)
+
+        return wrapper
+
+    return decorate
+
+
 class _LogGammaincPair(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a, x):
         log_p, log_q, *derivatives = _log_gammainc_impl(a, x)
-        ctx.save_for_backward(x, *derivatives)
+        ctx.save_for_backward(a, x, *derivatives)
         return log_p, log_q
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @_first_order("log_gammainc_pair", 2)
     def backward(ctx, grad_p, grad_q):
-        x, dlog_p, dlog_q, log_dp, log_dq = ctx.saved_tensors
+        _, x, dlog_p, dlog_q, log_dp, log_dq = ctx.saved_tensors
         grad_a = grad_p * dlog_p + grad_q * dlog_q
         return grad_a, _log_x_cotangent(grad_p, grad_q, log_dp, log_dq) / x
 
@@ -610,7 +657,7 @@ class _StudentTLogCdfPair(torch.autograd.Function):
         return log_f, log_s
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @_first_order("student_t_log_cdf_pair", 2)
     def backward(ctx, grad_f, grad_s):
         df, t, log_f, log_s, dlog_f, dlog_s = ctx.saved_tensors
         log_pdf = _student_t_log_pdf(df, t)
@@ -639,13 +686,13 @@ class _GammaLogCdfPair(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a, rate, value):
         log_p, log_q, *derivatives = _log_gammainc_impl(a, rate * value)
-        ctx.save_for_backward(rate, value, *derivatives)
+        ctx.save_for_backward(a, rate, value, *derivatives)
         return log_p, log_q
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @_first_order("gamma_log_cdf_pair", 3)
     def backward(ctx, grad_p, grad_q):
-        rate, value, dlog_p, dlog_q, log_dp, log_dq = ctx.saved_tensors
+        _, rate, value, dlog_p, dlog_q, log_dp, log_dq = ctx.saved_tensors
         # in log x = log rate + log value: finite where x is subnormal in float32 (a small shape
         # puts mass there), where d log P / dx overflows
         grad_log_x = _log_x_cotangent(grad_p, grad_q, log_dp, log_dq)

@@ -622,8 +622,8 @@ def test_marginals_fit(mixtures, family):
 U_FIXED = np.array([[0.2, 0.7, 0.4], [0.93, 0.05, 0.5]])
 
 
-def quantile_path(u, logits, loc, scale):
-    return np.stack([sequential_inverse(row, logits, "Normal", [loc, scale]) for row in u])
+def quantile_path(u, logits, *params, family="Normal"):
+    return np.stack([sequential_inverse(row, logits, family, params) for row in u])
 
 
 def test_torch_gradcheck_and_gradgradcheck_on_quantile_path():
@@ -649,7 +649,9 @@ def test_torch_gradcheck_and_gradgradcheck_on_quantile_path():
     assert torch.autograd.gradgradcheck(f, args, atol=1e-5)
 
 
-def _jax_quantile_path():
+def _jax_quantile_path(family="Normal"):
+    """(f, args, rng): f(logits, *params) is z at U_FIXED, a mixture of two ``family``
+    components in three dimensions, re-inverted by scipy with the implicit gradient attached."""
     import jax
     import jax.numpy as jnp
     import numpyro.distributions as dist
@@ -658,22 +660,20 @@ def _jax_quantile_path():
 
     jax.config.update("jax_enable_x64", True)
     rng = np.random.default_rng(4)
-    args = [
-        jnp.asarray(x)
-        for x in (rng.normal(size=2), 2 * rng.normal(size=(2, 3)), 0.5 + rng.random((2, 3)))
-    ]
-    shape = jax.ShapeDtypeStruct(U_FIXED.shape, jnp.float64)
+    logits, loc, scale = rng.normal(size=2), 2 * rng.normal(size=(2, 3)), 0.5 + rng.random((2, 3))
+    shape = 1.0 + 3 * rng.random((2, 3))
+    params = {"Normal": [loc, scale], "StudentT": [shape, loc, scale], "Gamma": [shape, scale]}
+    args = [jnp.asarray(x) for x in (logits, *params[family])]
+    out = jax.ShapeDtypeStruct(U_FIXED.shape, jnp.float64)
 
-    def f(logits, loc, scale):
+    def f(logits, *params):
         z = jax.pure_callback(
-            lambda *a: quantile_path(U_FIXED, *map(np.asarray, a)),
-            shape,
-            *jax.lax.stop_gradient((logits, loc, scale)),
+            lambda *a: quantile_path(U_FIXED, *map(np.asarray, a), family=family),
+            out,
+            *jax.lax.stop_gradient((logits, *params)),
         )
-        mix = MixtureSameFamily(
-            dist.Categorical(logits=logits), dist.Normal(loc, scale).to_event(1)
-        )
-        return mix._reparameterize(z)
+        component = getattr(dist, family)(*params).to_event(1)
+        return MixtureSameFamily(dist.Categorical(logits=logits), component)._reparameterize(z)
 
     return jax.jit(f), args, rng
 
@@ -686,25 +686,42 @@ def test_jax_check_grads_on_quantile_path():
     check_grads(f, args, order=2, modes=["fwd", "rev"], atol=1e-5, rtol=1e-5)
 
 
-def test_jax_hvp_on_quantile_path():
-    """A Hessian-vector product of sum z^2 (reverse over reverse) against central differences
-    of the gradient along the same direction."""
+def _assert_hvp_matches_differences(family, forward_over_reverse):
+    """A Hessian-vector product of sum z^2 against central differences of the gradient along
+    the same direction."""
     import jax
     import jax.numpy as jnp
 
-    f, args, rng = _jax_quantile_path()
+    f, args, rng = _jax_quantile_path(family)
     v = [jnp.asarray(rng.normal(size=a.shape)) for a in args]
-    grad = jax.jit(jax.grad(lambda *b: jnp.sum(f(*b) ** 2), argnums=(0, 1, 2)))
+    argnums = tuple(range(len(args)))
+    grad = jax.jit(jax.grad(lambda *b: jnp.sum(f(*b) ** 2), argnums=argnums))
+    if forward_over_reverse:
+        hvp = jax.jit(lambda *a: jax.jvp(grad, a, tuple(v))[1])(*args)
+    else:
 
-    def directional(*a):
-        return sum(jnp.vdot(g, t) for g, t in zip(grad(*a), v, strict=True))
+        def directional(*a):
+            return sum(jnp.vdot(g, t) for g, t in zip(grad(*a), v, strict=True))
 
-    hvp = jax.jit(jax.grad(directional, argnums=(0, 1, 2)))(*args)
+        hvp = jax.jit(jax.grad(directional, argnums=argnums))(*args)
     h = 1e-5
     plus = grad(*(a + h * t for a, t in zip(args, v, strict=True)))
     minus = grad(*(a - h * t for a, t in zip(args, v, strict=True)))
     for hv, p, m in zip(hvp, plus, minus, strict=True):
         assert np.allclose(hv, (p - m) / (2 * h), rtol=1e-5, atol=1e-6)
+
+
+def test_jax_hvp_on_quantile_path():
+    """Reverse over reverse, for normal components."""
+    _assert_hvp_matches_differences("Normal", forward_over_reverse=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["StudentT", "Gamma"])
+def test_jax_hvp_through_iterative_cdfs(family):
+    """The Gamma and Student t CDFs iterate in a lax.while_loop, through which forward mode
+    goes (forward over reverse, as jax.hessian) and reverse mode does not (JAX raises)."""
+    _assert_hvp_matches_differences(family, forward_over_reverse=True)
 
 
 # ---- behaviour of the host class --------------------------------------------------------------

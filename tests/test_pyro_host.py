@@ -243,6 +243,23 @@ def test_truncated_normal_second_derivatives(low, high):
     assert torch.autograd.gradgradcheck(lambda *p: TN(*p[:4]).icdf(p[4]), args)
 
 
+@pytest.mark.parametrize("base", ["StudentT", "Gamma"])
+def test_second_derivatives_through_first_order_cdfs_raise(base):
+    """The Gamma and Student t CDFs are differentiable once in PyTorch. A double backward
+    through them raises, also where it reaches their parameters by another path: until
+    2026-11-22 that case returned a Hessian without their terms (here 2 for 2 + d2z/dp2)."""
+    p = torch.tensor([2.0, 5.0], dtype=torch.float64, requires_grad=True)
+    one = torch.ones(2, dtype=torch.float64)
+    law = dist.StudentT(p, 0 * one, one) if base == "StudentT" else dist.Gamma(p, one)
+    truncated = pyro_implicit.TruncatedDistribution(law, low=0.3 * one, high=4 * one)
+    mixture = pyro_implicit.MixtureSameFamily(dist.Categorical(logits=0 * one), law)
+    for d in (truncated, mixture):
+        z = d.rsample((3,))
+        (g,) = torch.autograd.grad(z.sum() + p.pow(2).sum(), p, create_graph=True)
+        with pytest.raises(NotImplementedError, match="differentiable once"):
+            torch.autograd.grad(g.sum(), p)
+
+
 # ---- MixtureSameFamily: a two-component guide fits a bimodal target ----------------------------
 
 
