@@ -106,17 +106,22 @@ def _logistic(dist, v):
     return -jax.nn.softplus(-x), -jax.nn.softplus(x)
 
 
-def _gumbel(dist, v):
-    # F = exp(-e) with e = exp(-x), taken at x clamped where e is finite: left of that, log F is
-    # -inf in the dtype and log S is 0, and the clamp keeps their derivatives 0 rather than NaN.
-    # Right of x = 20, log S = log(1 - exp(-e)) = -x - e/2 within e^2/24: e underflows beyond
-    # x = 88 in float32, where log S is still -x.
-    x = _standard(dist, v)
+def _gumbel_exponent(x):
+    """e = exp(-x) of a standardized Gumbel value, at x clamped where e is finite, and the mask
+    of the x left of that: there log F = -e and the log-density -x - e are -inf in the dtype,
+    and the clamp keeps their derivatives 0 rather than NaN."""
     lowest = 1 - math.log(jnp.finfo(x.dtype).max)
-    e = jnp.exp(-jnp.maximum(x, lowest))
+    return jnp.exp(-jnp.maximum(x, lowest)), x < lowest
+
+
+def _gumbel(dist, v):
+    # F = exp(-e) with e = exp(-x). Right of x = 20, log S = log(1 - exp(-e)) = -x - e/2 within
+    # e^2/24: e underflows beyond x = 88 in float32, where log S is still -x.
+    x = _standard(dist, v)
+    e, left = _gumbel_exponent(x)
     far = x > 20
     log_s = jnp.where(far, -x - e / 2, log1mexp(-jnp.where(far, 1.0, e)))
-    return jnp.where(x < lowest, -jnp.inf, -e), log_s
+    return jnp.where(left, -jnp.inf, -e), log_s
 
 
 def _exponential(dist, v):
@@ -296,7 +301,10 @@ def location_scale(dist):
 def log_prob(dist, value):
     r"""The log-density of ``dist`` at ``value``: the host's, except for the heavy-tailed
     ``Cauchy`` and ``StudentT``, whose :math:`\log(1 + x^2/\nu)` is formed without overflow of
-    :math:`x^2` (float32 would give :math:`-\infty` beyond :math:`|x| \approx 10^{19}`)."""
+    :math:`x^2` (float32 would give :math:`-\infty` beyond :math:`|x| \approx 10^{19}`), and
+    the ``Gumbel``, whose :math:`e^{-x}` overflows far in its left tail (88 scales out in
+    float32): :math:`-\infty` there, as the host's, but with derivatives 0, not NaN (a mixture
+    multiplies them by a weight of 0)."""
     if isinstance(dist, Cauchy):
         x = _standard(dist, value)
         return -math.log(math.pi) - jnp.log(dist.scale) - _log1p_square(x, 1.0)
@@ -310,4 +318,8 @@ def log_prob(dist, value):
             - jnp.log(dist.scale)
             - (df + 1) / 2 * _log1p_square(x, df)
         )
+    if isinstance(dist, Gumbel):
+        x = _standard(dist, value)
+        e, left = _gumbel_exponent(x)
+        return jnp.where(left, -jnp.inf, -jnp.log(dist.scale) - x - e)
     return dist.log_prob(value)

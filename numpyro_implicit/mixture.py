@@ -476,8 +476,14 @@ def _tangent(z, params, dots, treedef, batch, multivariate, location_scale=None)
                     (leaves_d[i],),
                     (jnp.ones_like(leaves_d[i]),),
                 )
+                # Far in a component's tail the partials of log q and log F overflow (a Gumbel
+                # 87 scales into its left tail in float32, where they are e^-x/scale), and
+                # that of F = 0 is 0 * inf: each is 0 in the dtype, and log q is about -e^87,
+                # so that the later weights of the component are 0 too.
+                d_cdf = jnp.where(jnp.isfinite(d_cdf), d_cdf, 0.0)
+                d_log_q = jnp.where(finite & jnp.isfinite(d_log_q), d_log_q, 0.0)
                 s_dot = s_dot + (w * d_cdf) * dot
-                t_next = t_next + jnp.where(finite, d_log_q, 0.0) * dot
+                t_next = t_next + d_log_q * dot
         z_dot_d = -jnp.sum(s_dot, axis=0) * jnp.exp(-log_c)
         return (log_joint - log_c, t_next + b * z_dot_d), z_dot_d
 

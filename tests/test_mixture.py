@@ -77,6 +77,8 @@ FAMILIES = {
 }
 LOGITS = [0.3, -0.2, 0.5]
 OWN = ("Rice", "TruncatedNormal", "TruncatedDistribution")  # this package's, not the host's
+# TruncatedDistribution(base(*params[:2]), low=params[2], high=params[3]), by name of the base
+TRUNCATED = {"TruncatedDistribution": "Gamma", "TruncatedGumbel": "Gumbel"}
 
 
 # ---- ground truth: the mixture CDF and its inverse, with scipy ------------------------------
@@ -197,8 +199,9 @@ class TorchMixtures:
         return t.requires_grad_(grad)
 
     def make(self, family, logits, params, multivariate, weights="implicit"):
-        if family == "TruncatedDistribution":
-            comp = self.lib.TruncatedDistribution(self.dist.Gamma(*params[:2]), *params[2:])
+        if family in TRUNCATED:
+            base = getattr(self.dist, TRUNCATED[family])(*params[:2])
+            comp = self.lib.TruncatedDistribution(base, low=params[2], high=params[3])
         else:
             comp = getattr(self.lib if family in OWN else self.dist, family)(*params)
         if multivariate:
@@ -270,10 +273,9 @@ class JaxMixtures:
         return self.jnp.asarray(np.asarray(x), dtype=dtype)
 
     def make(self, family, logits, params, multivariate, weights="implicit"):
-        if family == "TruncatedDistribution":
-            comp = self.lib.TruncatedDistribution(
-                self.dist.Gamma(*params[:2]), low=params[2], high=params[3]
-            )
+        if family in TRUNCATED:
+            base = getattr(self.dist, TRUNCATED[family])(*params[:2])
+            comp = self.lib.TruncatedDistribution(base, low=params[2], high=params[3])
         elif family == "TruncatedNormal":  # keyword bounds, as upstream's
             comp = self.lib.TruncatedNormal(*params[:2], low=params[2], high=params[3])
         else:
@@ -529,6 +531,19 @@ def test_gumbel_score_overflow_stays_finite(mixtures):
     loc, scale = [[86.6 * 0.0768, 0.0], [0.0, 0.0]], [[0.0768, 1.0], [1.0, 1.0]]
     ok, _, _ = mixtures.finite("Gumbel", [-30.0, 0.0], [loc, scale], True, 64, 0, "float32")
     assert ok
+
+
+def test_truncated_gumbel_far_in_its_left_tail_stays_finite(mixtures):
+    """A truncated Gumbel component (scale 0.125) 80 to 160 scales right of the draws, in
+    float32: its log-density there is about -e^114, -inf in the dtype, and the host's has an
+    infinite derivative in the parameters, which the mixture multiplied by the component's
+    weight, 0 (NaN gradients in both hosts before 2026-11-22, found by a fuzz)."""
+    loc = [[38.62, 38.62], [28.68, 28.68]]
+    scale = [[0.1253, 0.1253], [7.07, 7.07]]
+    low, high = [[-np.inf] * 2] * 2, [[38.18, 38.18], [60.64, 60.64]]
+    params = [loc, scale, low, high]
+    ok, z, _ = mixtures.finite("TruncatedGumbel", [-30.0, 28.0], params, True, 64, 0, "float32")
+    assert ok and np.min(z) < 38.62 - 80 * 0.1253
 
 
 def test_far_components_gradients_are_exact(mixtures):
