@@ -126,27 +126,17 @@ def _bisect(lo, hi):
     r"""The midpoint of a bracket, or a step outwards of its finite end if it is unbounded.
 
     Where the bracket spans more than one unit of :math:`s(x) = \operatorname{sign}(x)
-    \log(1 + |x|)`, the midpoint and the step are taken in :math:`s` (a step doubles
-    :math:`|s|`), so that a bracket of hundreds of orders of magnitude shrinks to a factor
-    :math:`e` in a dozen bisections, not thousands; elsewhere the midpoint is in :math:`x`."""
-    finite_lo, finite_hi = jnp.isfinite(lo), jnp.isfinite(hi)
-    safe_lo, safe_hi = jnp.where(finite_lo, lo, 0.0), jnp.where(finite_hi, hi, 0.0)
-    s_lo, s_hi = _signed_log(safe_lo), _signed_log(safe_hi)
-    s = jnp.where(
-        finite_lo & finite_hi,
-        (s_lo + s_hi) / 2,
-        jnp.where(
-            finite_lo,
-            s_lo + jnp.maximum(jnp.abs(s_lo), 1.0),
-            jnp.where(finite_hi, s_hi - jnp.maximum(jnp.abs(s_hi), 1.0), 0.0),
-        ),
-    )
+    \log(1 + |x|)`, or is unbounded, this is the :func:`~.base_cdf.stand_in` of the bracket
+    in :math:`s` (a step doubles :math:`|s|`), so that a bracket of hundreds of orders of
+    magnitude shrinks to a factor :math:`e` in a dozen bisections, not thousands; elsewhere
+    the midpoint in :math:`x`."""
+    s_lo, s_hi = _signed_log(lo), _signed_log(hi)
+    s = stand_in(s_lo, s_hi)
     big = jnp.finfo(lo.dtype).max
-    wide = ~(finite_lo & finite_hi) | (s_hi - s_lo > 1)
+    # s_hi - s_lo is infinite where the bracket is unbounded: the midpoint in x is not taken.
+    wide = s_hi - s_lo > 1
     return jnp.where(
-        wide,
-        jnp.clip(jnp.sign(s) * jnp.expm1(jnp.abs(s)), -big, big),
-        safe_lo + (safe_hi - safe_lo) / 2,
+        wide, jnp.clip(jnp.sign(s) * jnp.expm1(jnp.abs(s)), -big, big), lo + (hi - lo) / 2
     )
 
 
