@@ -19,7 +19,12 @@ from numpyro.distributions import constraints
 from numpyro.distributions.util import lazy_property
 from numpyro.util import not_jax_tracer
 
-__all__ = ["ConstraintMessageMixin", "describe_constraint", "invalid_parameter_message"]
+__all__ = [
+    "ConstraintMessageMixin",
+    "check_probability",
+    "describe_constraint",
+    "invalid_parameter_message",
+]
 
 
 class ConstraintMessageMixin:
@@ -87,6 +92,17 @@ def invalid_parameter_message(dist) -> str | None:
                 message += f", but {n_bad} of its {n_all} batch elements violate it"
             return message + "."
     return None
+
+
+def check_probability(value, where: str) -> None:
+    """A ``ValueError`` naming ``where`` (e.g. ``"Rice.icdf"``) if a concrete ``value`` lies
+    outside [0, 1]. Evaluated at trace time: inside ``jit`` a closed-over constant is concrete,
+    while comparisons on it would be staged (and their truth value a tracer)."""
+    with jax.ensure_compile_time_eval():
+        if not_jax_tracer(value) and not np.all(
+            (np.asarray(value) >= 0) & (np.asarray(value) <= 1)
+        ):
+            raise ValueError(f"{where}: `value` must be a probability in [0, 1]")
 
 
 def describe_constraint(constraint, name: str = "x") -> str:

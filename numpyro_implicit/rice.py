@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax, random
 from jax.scipy.special import ndtri
 from jax.typing import ArrayLike
 from numpyro.distributions import Distribution, constraints
 from numpyro.distributions.util import promote_shapes, validate_sample
-from numpyro.util import is_prng_key, not_jax_tracer
+from numpyro.util import is_prng_key
 
 from ._implicit import implicit_reparameterize
-from ._validation import ConstraintMessageMixin
+from ._validation import ConstraintMessageMixin, check_probability
 from .special import (
     bessel_ratio,
     i0e_nonnegative,
@@ -113,8 +112,8 @@ class Rice(ConstraintMessageMixin, Distribution):
         dtype = self._dtype
         u = jnp.asarray(value, dtype)
         nu, sigma = jnp.asarray(self.nu, dtype), jnp.asarray(self.sigma, dtype)
-        if self._validate_args and not_jax_tracer(u) and not np.all((u >= 0) & (u <= 1)):
-            raise ValueError("Rice.icdf: `value` must be a probability in [0, 1]")
+        if self._validate_args:
+            check_probability(u, "Rice.icdf")
         # the solver's inputs stopped: no derivative of it is traced (the implicit one is used)
         nu_, sigma_, u_ = (lax.stop_gradient(t) for t in (nu, sigma, u))
         z = sigma_ * _standard_icdf(nu_ / sigma_, u_)

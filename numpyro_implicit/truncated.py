@@ -36,7 +36,7 @@ from numpyro.distributions.util import validate_sample
 from numpyro.util import is_prng_key, not_jax_tracer
 
 from ._implicit import implicit_reparameterize
-from ._validation import ConstraintMessageMixin
+from ._validation import ConstraintMessageMixin, check_probability
 from .base_cdf import check_base, log_cdf_pair, parameters, rebuild, stand_in, support_bounds
 from .base_cdf import log_prob as base_log_prob
 from .special import log1mexp
@@ -382,8 +382,8 @@ class TruncatedUnivariate(ConstraintMessageMixin, Distribution):
     def icdf(self, value: ArrayLike) -> jax.Array:
         """Quantile function; differentiable in ``value``, the base's parameters and the bounds."""
         u = jnp.asarray(value, self._dtype)
-        if self._validate_args and not_jax_tracer(u) and not np.all((u >= 0) & (u <= 1)):
-            raise ValueError("TruncatedDistribution.icdf: `value` must be a probability in [0, 1]")
+        if self._validate_args:
+            check_probability(u, "TruncatedDistribution.icdf")
         u = jnp.broadcast_to(u, lax.broadcast_shapes(u.shape, self.batch_shape))
         z = self._solve(jnp.log(u), jnp.log1p(-u))
         cdf, log_prob = self._functions()

@@ -34,7 +34,7 @@ from numpyro.distributions.util import promote_shapes, validate_sample
 from numpyro.util import is_prng_key, not_jax_tracer
 
 from ._implicit import implicit_reparameterize
-from ._validation import ConstraintMessageMixin
+from ._validation import ConstraintMessageMixin, check_probability
 from .special import log1mexp, log_ndtr
 
 __all__ = ["TruncatedNormal"]
@@ -676,8 +676,8 @@ class TruncatedNormal(ConstraintMessageMixin, Distribution):
     def icdf(self, value: ArrayLike) -> jax.Array:
         """Quantile function; differentiable in ``value`` and in all four parameters."""
         u = jnp.asarray(value, self._dtype)
-        if self._validate_args and not_jax_tracer(u) and not np.all((u >= 0) & (u <= 1)):
-            raise ValueError("TruncatedNormal.icdf: `value` must be a probability in [0, 1]")
+        if self._validate_args:
+            check_probability(u, "TruncatedNormal.icdf")
         params = self._params()
         return implicit_reparameterize(self._draw(u, params), (*params, u), grad=_icdf_grad)
 

@@ -313,3 +313,20 @@ def test_mixture_guide_fits_bimodal_target(weights):
     loc, scale = np.asarray(p["loc"]), np.asarray(p["scale"])
     assert _mixture_kl(w, loc, scale) < 0.01, (w, loc, scale)
     assert abs(w[np.argmin(loc)] - 0.35) < 0.05
+
+
+def test_icdf_validates_a_probability_closed_over_in_jit():
+    """A constant closed over inside jit is concrete: icdf checks it, where until 2026-11-22
+    the staged comparison raised a TracerBoolConversionError."""
+    laws = [
+        numpyro_implicit.Rice(1.0, 1.0, validate_args=True),
+        numpyro_implicit.TruncatedNormal(0.0, 1.0, low=-1.0, high=1.0, validate_args=True),
+        numpyro_implicit.TruncatedDistribution(
+            dist.Gamma(2.0, 1.0), low=0.5, high=3.0, validate_args=True
+        ),
+    ]
+    good, bad = jnp.array([0.2, 0.9]), jnp.array([0.2, 1.5])
+    for law in laws:
+        assert np.all(np.isfinite(jax.jit(lambda law=law: law.icdf(good))()))
+        with pytest.raises(ValueError, match=r"icdf: `value` must be a probability in \[0, 1\]"):
+            jax.jit(lambda law=law: law.icdf(bad))()
