@@ -19,8 +19,9 @@ that a function of the parameters can rebuild the distribution and be differenti
 accurate in its own tail; values outside the support give :math:`(-\infty, 0)` or
 :math:`(0, -\infty)` with zero (not NaN) derivatives.
 :func:`log_prob` is the host's log-density, except for ``Cauchy`` and ``StudentT``, where it is
-formed without overflow far in the float32 tails. Second derivatives are not supported for the
-Gamma and Student t CDFs (their shape derivatives are carried through iterations, once).
+formed without overflow far in the float32 tails. The Gamma and Student t CDFs carry their
+shape derivatives through iterations, through which forward mode goes (second derivatives in
+forward over reverse mode); reverse over reverse raises JAX's error for ``lax.while_loop``.
 """
 
 from __future__ import annotations

@@ -471,14 +471,16 @@ def log_gammainc_pair(a: jax.Array, x: jax.Array) -> tuple[jax.Array, jax.Array]
     :math:`P = \frac{x^a e^{-x}}{\Gamma(a+1)}\sum_{n\ge0}\prod_{k=1}^n\frac{x}{a+k}` where
     :math:`x < a + 1`, :math:`Q` from Legendre's continued fraction elsewhere, each in log space,
     and the other from :math:`\log(1 - e^{\cdot})`, so that both tails are accurate. Differentiable
-    once (a :func:`jax.custom_jvp`) in :math:`a` and :math:`x`: the :math:`a`-derivative is
+    (a :func:`jax.custom_jvp`) in :math:`a` and :math:`x`: the :math:`a`-derivative is
     carried through the series or the continued fraction (relative error below 1e-11 in
     float64 against mpmath for :math:`a \le 10^4`), the :math:`x`-derivative is the density.
     Shapes up to about :math:`10^4` (the iteration count grows like :math:`\sqrt a`). Values
     carry the rounding of :math:`\log\Gamma(a)` (relative :math:`\sim\epsilon\,a\log a`), and
     the function taken as the complement of the other (:math:`Q` for :math:`x < a + 1`,
     :math:`P` otherwise) a relative error :math:`\sim\epsilon P/Q` (resp.
-    :math:`\epsilon Q/P`), up to 1e-11 for small shapes.
+    :math:`\epsilon Q/P`), up to 1e-11 for small shapes. Second derivatives in forward over
+    reverse mode (:func:`jax.hessian`) go forward through the loops; reverse over reverse
+    raises JAX's error for ``lax.while_loop``.
     """
     a, x = jnp.broadcast_arrays(*_as_float(a, x))
     return _log_gammainc_pair(a, x)
@@ -617,11 +619,11 @@ def _student_t_log_pdf(df, t):
 def _student_t_impl(df, t):
     """(log F, log S, d log F/d df, d log S/d df) of the standard Student t at t."""
     # The lower tail L = F(-|t|) = I_x(df/2, 1/2) / 2 with x = df / (df + t^2).
-    x, y, log_x, log_y = _student_t_xy(df, t)
     zero = t == 0
-    # At t = 0, L = 1/2 exactly (set below): any x inside (0, 1) keeps the branches finite.
-    x, y = jnp.where(zero, 0.5, x), jnp.where(zero, 0.5, y)
-    log_x, log_y = jnp.where(zero, -math.log(2), log_x), jnp.where(zero, -math.log(2), log_y)
+    # At t = 0, L = 1/2 exactly (set below). There x = 1 and log y = -inf, with infinite
+    # derivatives: the stand-in t = sqrt(df), where x = y = 1/2, keeps the branches and their
+    # derivatives finite.
+    x, y, log_x, log_y = _student_t_xy(df, jnp.where(zero, jnp.sqrt(df), t))
     half = jnp.full_like(df, 0.5)
     a = df / 2
     log_i, _, dlog_i_da = _log_betainc_impl(a, half, x, y, log_x, log_y)
@@ -630,9 +632,15 @@ def _student_t_impl(df, t):
     # dL/d df / L = (1/2) dlogI/da + x^a y^(1/2) / (B(a, 1/2) df I) (x moves with df too).
     log_dx_term = a * log_x + 0.5 * log_y - _lbeta(a, half) - jnp.log(df)
     dlog_l = 0.5 * dlog_i_da + jnp.exp(log_dx_term - log_i)
-    log_l = jnp.where(zero, -math.log(2), log_l)
-    log_lc = jnp.where(zero, -math.log(2), log_lc)
-    dlog_l = jnp.where(zero, 0.0, dlog_l)
+    # At t = 0, L = 1/2 for every df. Its terms of first order in t (taken as +0), with q0 the
+    # density at 0, log L = -log 2 - 2 t q0 and d log L/d df = -2 t dq0/d df, vanish there but
+    # give the second derivatives in t.
+    q0 = jnp.exp(_student_t_log_pdf(df, jnp.zeros_like(t)))
+    dlog_q0 = 0.5 * (lax.digamma((df + 1) / 2) - lax.digamma(df / 2)) - 0.5 / df
+    slope = 2 * t * q0
+    log_l = jnp.where(zero, -math.log(2) - slope, log_l)
+    log_lc = jnp.where(zero, -math.log(2) + slope, log_lc)
+    dlog_l = jnp.where(zero, -slope * dlog_q0, dlog_l)
     dlog_lc = -jnp.exp(log_l - log_lc) * dlog_l  # L <= 1/2: the ratio is at most 1
     negative = t < 0
     log_f = jnp.where(negative, log_l, log_lc)
@@ -666,8 +674,9 @@ def student_t_log_cdf_pair(df: jax.Array, t: jax.Array) -> tuple[jax.Array, jax.
 
     with the regularized incomplete beta function :math:`I` from its continued fraction (and
     :math:`I_x(a, b) = 1 - I_{1-x}(b, a)` where that converges faster, with :math:`1 - x` formed
-    without cancellation). Differentiable once (a :func:`jax.custom_jvp`) in :math:`t` (the
-    density) and in :math:`\nu`, whose derivative is carried through the continued fraction.
+    without cancellation). Differentiable (a :func:`jax.custom_jvp`) in :math:`t` (the density)
+    and in :math:`\nu`, whose derivative is carried through the continued fraction; second
+    derivatives as for :func:`log_gammainc_pair`.
     """
     df, t = jnp.broadcast_arrays(*_as_float(df, t))
     return _student_t_log_cdf_pair(df, t)
@@ -693,8 +702,9 @@ def gamma_log_cdf_pair(
     concentration: jax.Array, rate: jax.Array, value: jax.Array
 ) -> tuple[jax.Array, jax.Array]:
     r"""Return :math:`(\log F(v), \log(1 - F(v)))` of :math:`\mathrm{Gamma}(a, \beta)` at
-    :math:`v > 0`, i.e. :func:`log_gammainc_pair` at :math:`(a, \beta v)`, differentiable once in
-    all three; the derivatives in :math:`\beta` and :math:`v` go through
+    :math:`v > 0`, i.e. :func:`log_gammainc_pair` at :math:`(a, \beta v)`, differentiable in all
+    three (second derivatives as for :func:`log_gammainc_pair`); the derivatives in
+    :math:`\beta` and :math:`v` go through
     :math:`\partial\log P/\partial\log x = x^a e^{-x}/(\Gamma(a) P)`, which stays finite where
     :math:`\beta v` is subnormal (float32 samples of a small shape)."""
     concentration, rate, value = jnp.broadcast_arrays(*_as_float(concentration, rate, value))

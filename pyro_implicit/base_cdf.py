@@ -22,8 +22,8 @@ space, and :func:`signed_tail` one of the two, chosen per element (cheaper for a
 :func:`terms` gathers the log-density and its derivative in the value, sharing work where a
 closed form allows.
 :func:`log_prob` is the host's log-density, except for ``Cauchy`` and ``StudentT``, where it is
-formed without overflow far in the float32 tails. Second derivatives are not supported for the
-Gamma and Student t CDFs (their shape derivatives are carried through iterations, once).
+formed without overflow far in the float32 tails. The Gamma and Student t CDFs carry their
+shape derivatives through iterations; a double backward differentiates those iterations.
 """
 
 from __future__ import annotations

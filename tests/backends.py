@@ -159,6 +159,17 @@ class TorchBackend:
         grads = self.torch.autograd.grad(out[output].sum(), ts)
         return [o.detach().numpy() for o in out], [g.numpy() for g in grads]
 
+    def special_hessian(self, name, args, output=0):
+        """The second derivatives of output ``output`` of the elementwise special.<name>(*args),
+        in float64, as ``h[i][j]`` (each per element), by a double backward."""
+        ts = [self._t(a, "float64", True) for a in args]
+        out = getattr(self.lib.special, name)(*ts)[output]
+        grads = self.torch.autograd.grad(out.sum(), ts, create_graph=True)
+        return [
+            [h.numpy() for h in self.torch.autograd.grad(g.sum(), ts, retain_graph=True)]
+            for g in grads
+        ]
+
 
 class JaxBackend:
     name = "jax"
@@ -318,6 +329,21 @@ class JaxBackend:
         argnums = tuple(range(len(arrays)))
         grads = self.jax.grad(lambda *a: fn(*a)[output].sum(), argnums=argnums)(*arrays)
         return [np.asarray(o) for o in out], [np.asarray(g) for g in grads]
+
+    def special_hessian(self, name, args, output=0):
+        """As TorchBackend.special_hessian, forward over reverse: the iterations run in
+        ``lax.while_loop``, which reverse mode cannot differentiate."""
+        arrays = [self._a(a, "float64") for a in args]
+        fn = getattr(self.lib.special, name)
+        argnums = tuple(range(len(arrays)))
+        grad = self.jax.grad(lambda *a: fn(*a)[output].sum(), argnums=argnums)
+        columns = [
+            self.jax.jvp(
+                grad, arrays, [self.jnp.full_like(a, j == i) for i, a in enumerate(arrays)]
+            )[1]
+            for j in argnums
+        ]  # columns[j][i] = d grad_i / d arg_j
+        return [[np.asarray(columns[j][i]) for j in argnums] for i in argnums]
 
 
 BACKENDS = {"torch": TorchBackend, "jax": JaxBackend}

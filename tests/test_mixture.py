@@ -664,9 +664,20 @@ def test_torch_gradcheck_and_gradgradcheck_on_quantile_path():
     assert torch.autograd.gradgradcheck(f, args, atol=1e-5)
 
 
+def _quantile_path_point(family):
+    """(logits, *params) of a mixture of two ``family`` components in three dimensions, and a
+    direction of the same shapes, as numpy arrays."""
+    rng = np.random.default_rng(4)
+    logits, loc, scale = rng.normal(size=2), 2 * rng.normal(size=(2, 3)), 0.5 + rng.random((2, 3))
+    shape = 1.0 + 3 * rng.random((2, 3))
+    params = {"Normal": [loc, scale], "StudentT": [shape, loc, scale], "Gamma": [shape, scale]}
+    args = [logits, *params[family]]
+    return args, [rng.normal(size=a.shape) for a in args]
+
+
 def _jax_quantile_path(family="Normal"):
-    """(f, args, rng): f(logits, *params) is z at U_FIXED, a mixture of two ``family``
-    components in three dimensions, re-inverted by scipy with the implicit gradient attached."""
+    """(f, args, direction): f(logits, *params) is z at U_FIXED, a mixture of ``family``
+    components re-inverted by scipy with the implicit gradient attached."""
     import jax
     import jax.numpy as jnp
     import numpyro.distributions as dist
@@ -674,11 +685,7 @@ def _jax_quantile_path(family="Normal"):
     from numpyro_implicit import MixtureSameFamily
 
     jax.config.update("jax_enable_x64", True)
-    rng = np.random.default_rng(4)
-    logits, loc, scale = rng.normal(size=2), 2 * rng.normal(size=(2, 3)), 0.5 + rng.random((2, 3))
-    shape = 1.0 + 3 * rng.random((2, 3))
-    params = {"Normal": [loc, scale], "StudentT": [shape, loc, scale], "Gamma": [shape, scale]}
-    args = [jnp.asarray(x) for x in (logits, *params[family])]
+    args, direction = _quantile_path_point(family)
     out = jax.ShapeDtypeStruct(U_FIXED.shape, jnp.float64)
 
     def f(logits, *params):
@@ -690,7 +697,7 @@ def _jax_quantile_path(family="Normal"):
         component = getattr(dist, family)(*params).to_event(1)
         return MixtureSameFamily(dist.Categorical(logits=logits), component)._reparameterize(z)
 
-    return jax.jit(f), args, rng
+    return jax.jit(f), [jnp.asarray(a) for a in args], [jnp.asarray(v) for v in direction]
 
 
 @pytest.mark.slow
@@ -701,14 +708,12 @@ def test_jax_check_grads_on_quantile_path():
     check_grads(f, args, order=2, modes=["fwd", "rev"], atol=1e-5, rtol=1e-5)
 
 
-def _assert_hvp_matches_differences(family, forward_over_reverse):
-    """A Hessian-vector product of sum z^2 against central differences of the gradient along
-    the same direction."""
+def _jax_hvp(family, forward_over_reverse):
+    """A Hessian-vector product of sum z^2, and the gradient as a function of the parameters."""
     import jax
     import jax.numpy as jnp
 
-    f, args, rng = _jax_quantile_path(family)
-    v = [jnp.asarray(rng.normal(size=a.shape)) for a in args]
+    f, args, v = _jax_quantile_path(family)
     argnums = tuple(range(len(args)))
     grad = jax.jit(jax.grad(lambda *b: jnp.sum(f(*b) ** 2), argnums=argnums))
     if forward_over_reverse:
@@ -719,6 +724,37 @@ def _assert_hvp_matches_differences(family, forward_over_reverse):
             return sum(jnp.vdot(g, t) for g, t in zip(grad(*a), v, strict=True))
 
         hvp = jax.jit(jax.grad(directional, argnums=argnums))(*args)
+    return [np.asarray(h) for h in hvp], lambda *a: [np.asarray(g) for g in grad(*a)]
+
+
+def _torch_hvp(family):
+    """As :func:`_jax_hvp`, by a double backward."""
+    import pyro.distributions as dist
+    import torch
+
+    from pyro_implicit import MixtureSameFamily
+
+    point, direction = _quantile_path_point(family)
+
+    def grad(*a, create_graph=False):
+        a = [torch.as_tensor(x).requires_grad_() for x in a]
+        logits, *params = a
+        z = quantile_path(U_FIXED, *(x.detach().numpy() for x in a), family=family)
+        component = getattr(dist, family)(*params).to_event(1)
+        mix = MixtureSameFamily(dist.Categorical(logits=logits), component)
+        z = mix._reparameterize(torch.tensor(z))
+        g = torch.autograd.grad(z.pow(2).sum(), a, create_graph=create_graph)
+        return a, g
+
+    a, g = grad(*point, create_graph=True)
+    directional = sum((gi * torch.as_tensor(v)).sum() for gi, v in zip(g, direction, strict=True))
+    hvp = torch.autograd.grad(directional, a)
+    return [h.numpy() for h in hvp], lambda *x: [gi.numpy() for gi in grad(*x)[1]]
+
+
+def _assert_hvp_matches_differences(hvp, grad, family):
+    """The product against central differences of the gradient along the same direction."""
+    args, v = _quantile_path_point(family)
     h = 1e-5
     plus = grad(*(a + h * t for a, t in zip(args, v, strict=True)))
     minus = grad(*(a - h * t for a, t in zip(args, v, strict=True)))
@@ -728,15 +764,23 @@ def _assert_hvp_matches_differences(family, forward_over_reverse):
 
 def test_jax_hvp_on_quantile_path():
     """Reverse over reverse, for normal components."""
-    _assert_hvp_matches_differences("Normal", forward_over_reverse=False)
+    _assert_hvp_matches_differences(*_jax_hvp("Normal", forward_over_reverse=False), "Normal")
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("family", ["StudentT", "Gamma"])
-def test_jax_hvp_through_iterative_cdfs(family):
-    """The Gamma and Student t CDFs iterate in a lax.while_loop, through which forward mode
-    goes (forward over reverse, as jax.hessian) and reverse mode does not (JAX raises)."""
-    _assert_hvp_matches_differences(family, forward_over_reverse=True)
+def test_hvp_through_iterative_cdfs(family):
+    """The Gamma and Student t CDFs iterate. JAX goes forward through its lax.while_loop
+    (forward over reverse, as jax.hessian; reverse mode raises); PyTorch, in a double
+    backward, differentiates the iterations recomputed with a graph (it raised until
+    2026-11-22). Each against finite differences, and the hosts against each other: PyTorch's
+    trigamma errs by up to 5e-10 relative (tests/test_special_bases.py), hence 1e-8."""
+    jax_hvp, jax_grad = _jax_hvp(family, forward_over_reverse=True)
+    torch_hvp, torch_grad = _torch_hvp(family)
+    _assert_hvp_matches_differences(jax_hvp, jax_grad, family)
+    _assert_hvp_matches_differences(torch_hvp, torch_grad, family)
+    for j, t in zip(jax_hvp, torch_hvp, strict=True):
+        assert np.allclose(t, j, rtol=1e-8, atol=1e-12)
 
 
 # ---- behaviour of the host class --------------------------------------------------------------

@@ -250,6 +250,61 @@ def test_integer_shapes_where_the_fractions_terminate(backend, df, t):
     assert abs(g_df[0] - float(ref)) <= 1e-10 * abs(float(ref))
 
 
+# Points on both methods of each function, at shapes where the fractions terminate while their
+# derivatives do not (a = 3 for the gamma fraction, df = 2), and at t = 0, where the Student t
+# CDF is set to 1/2 and its second derivatives come from its terms of first order in t.
+HESSIAN_POINTS = {
+    "log_gammainc_pair": [(2.5, 0.3), (2.5, 7.0), (3.0, 5.0), (0.5, 1e-3), (50.0, 45.0)],
+    "student_t_log_cdf_pair": [
+        (3.0, 0.0), (3.0, 0.7), (3.0, -2.0), (2.0, -2.0), (0.8, 5.0), (30.0, -0.5), (10.0, 40.0)
+    ],
+}  # fmt: skip
+# PyTorch's trigamma (the derivative of torch.digamma) errs by up to 5e-10 relative on CPU
+# (measured against mpmath on [0.5, 6]), and the second derivatives in the shape combine it in
+# differences such as digamma(a) - digamma(a + b): 1e-8 (measured: up to 2.3e-9). JAX's is
+# accurate to rounding (measured: up to 6e-14).
+HESSIAN_RTOL = {"torch": 1e-8, "jax": 1e-12}
+
+
+@functools.cache
+def hessian_reference(name, output):
+    """The second derivatives of output ``output`` at HESSIAN_POINTS, ``[i][j]`` each an array
+    over the points, by mpmath's differentiation at 40 digits."""
+
+    def log_pair(u, v):
+        if name == "student_t_log_cdf_pair":
+            return _student_log_tails(u, v)
+        return tuple(
+            mp.log(mp.gammainc(u, lo, hi, regularized=True)) for lo, hi in ((0, v), (v, mp.inf))
+        )
+
+    with mp.workdps(40):
+        rows = [
+            [
+                float(mp.diff(lambda u, v: log_pair(u, v)[output], (mp.mpf(a), mp.mpf(b)), order))
+                for order in ((2, 0), (1, 1), (0, 2))
+            ]
+            for a, b in HESSIAN_POINTS[name]
+        ]
+    aa, ab, bb = np.array(rows).T
+    return [[aa, ab], [ab, bb]]
+
+
+@pytest.mark.parametrize("output", [0, 1])
+@pytest.mark.parametrize("name", ["log_gammainc_pair", "student_t_log_cdf_pair"])
+def test_second_derivatives_match_mpmath(backend, name, output):
+    """PyTorch differentiates the iterations recomputed with a graph (a double backward), JAX
+    goes forward through its loops: both converge with the first derivatives. Until 2026-11-22
+    PyTorch raised, and both gave d2/dt2 = 0 at t = 0 (the true value there is -4 q(0)^2)."""
+    args = np.array(HESSIAN_POINTS[name]).T
+    ours = backend.special_hessian(name, args, output)
+    ref = hessian_reference(name, output)
+    for i in range(2):
+        for j in range(2):
+            error = np.abs(ours[i][j] - ref[i][j])
+            assert np.all(error <= HESSIAN_RTOL[backend.name] * np.abs(ref[i][j]) + 1e-20), (i, j)
+
+
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_jax_log_ndtr_matches_mpmath(dtype):
     """numpyro_implicit.special.log_ndtr (JAX's errs by up to 9e-2 relative for 0 < x < 8) and
