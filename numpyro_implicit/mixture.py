@@ -148,12 +148,18 @@ class MixtureSameFamily(_NumPyroMixtureSameFamily):
         return constraints.independent(hull_support, 1) if multivariate else hull_support
 
     def component_log_probs(self, value):
-        # Truncated components with different supports: a value may lie outside some of them,
-        # where their density is 0, not a warning (the value is checked against the hull):
-        # the host's method, on a copy whose components do not validate.
-        mixture = copy.copy(self)
-        mixture._component_distribution = _unvalidated(self.component_distribution)
-        return super(MixtureSameFamily, mixture).component_log_probs(value)
+        r""":math:`\log \pi_k + \log q_k(z)`, as the host's method forms them, except that the
+        densities come from :func:`base_cdf.log_prob` (derivatives 0, not NaN, where a
+        component's host density overflows, such as a Gumbel's far in its left tail: the
+        mixture multiplies them by that component's weight, 0). Truncated components with
+        different supports: a value may lie outside some of them, where their density is 0,
+        not a warning (the value is checked against the hull): components that do not
+        validate."""
+        base, multivariate = _univariate_base(_unvalidated(self.component_distribution))
+        log_q = base_cdf.log_prob(base, jnp.expand_dims(value, self.mixture_dim))
+        if multivariate:
+            log_q = log_q.sum(-1)
+        return jax.nn.log_softmax(self.mixing_distribution.logits) + log_q
 
     @property
     def has_rsample(self) -> bool:
@@ -204,8 +210,7 @@ class MixtureSameFamily(_NumPyroMixtureSameFamily):
         r""":math:`\sum_k r_k(z) \log\pi_k` with the responsibilities :math:`r_k` held constant:
         its gradient is the Rao-Blackwellized score of the component index given ``value``."""
         log_pi = jax.nn.log_softmax(self.mixing_distribution.logits, axis=-1)
-        value = jnp.expand_dims(value, self.mixture_dim)
-        log_joint = lax.stop_gradient(log_pi + self.component_distribution.log_prob(value))
+        log_joint = lax.stop_gradient(self.component_log_probs(value))
         return jnp.sum(jax.nn.softmax(log_joint, axis=-1) * log_pi, axis=-1)
 
 

@@ -128,12 +128,23 @@ class MixtureSameFamily(_PyroMixtureSameFamily):
         return constraints.independent(support, 1) if multivariate else support
 
     def log_prob(self, value):
-        # Truncated components with different supports: a value may lie outside some of them,
-        # where their density is 0, not an error (the value is checked against the hull above):
-        # the host's log_prob, on a copy whose components do not validate.
-        mixture = copy.copy(self)
-        mixture._component_distribution = _unvalidated(self.component_distribution)
-        return super(MixtureSameFamily, mixture).log_prob(value)
+        if self._validate_args:
+            self._validate_sample(value)
+        return torch.logsumexp(self._component_log_probs(value), dim=-1)
+
+    def _component_log_probs(self, value):
+        r""":math:`\log \pi_k + \log q_k(z)` ``[S..., B..., K]``, as the host's ``log_prob`` forms
+        them, except that the densities come from :func:`base_cdf.log_prob` (derivatives 0, not
+        NaN, where a component's host density overflows, such as a Gumbel's far in its left
+        tail: the mixture multiplies them by that component's weight, 0). Truncated components
+        with different supports: a value may lie outside some of them, where their density is
+        0, not an error (the value is checked against the hull above): components that do not
+        validate."""
+        base, multivariate = _univariate_base(_unvalidated(self.component_distribution))
+        log_q = base_cdf.log_prob(base, self._pad(value))
+        if multivariate:
+            log_q = log_q.sum(-1)
+        return torch.log_softmax(self.mixture_distribution.logits, dim=-1) + log_q
 
     def rsample(self, sample_shape=_NO_SHAPE):
         return self._reparameterize(self.sample(sample_shape))
@@ -162,9 +173,7 @@ class MixtureSameFamily(_PyroMixtureSameFamily):
             return ScoreParts(log_prob=log_prob, score_function=0, entropy_term=log_prob)
         log_pi = torch.log_softmax(self.mixture_distribution.logits, dim=-1)  # [B, K]
         with torch.no_grad():
-            pad = value.unsqueeze(-1 - len(self.event_shape))
-            log_joint = log_pi + self.component_distribution.log_prob(pad)  # [S, B, K]
-            responsibilities = torch.softmax(log_joint, dim=-1)
+            responsibilities = torch.softmax(self._component_log_probs(value), dim=-1)
         score = (responsibilities * log_pi).sum(-1)  # [S, B]
         return ScoreParts(log_prob=log_prob, score_function=score, entropy_term=log_prob)
 
