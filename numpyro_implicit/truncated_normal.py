@@ -504,7 +504,10 @@ def _standard_moments(flip, a, b, log_p):
     # a < 0 (a = -inf only for the untruncated normal, where b = inf).
     log_z = _log_sf(a) + log_p
     gap = jnp.where(finite_a & finite_b, -_half_sq_diff(fb, fa), -math.inf)
-    left_mean = jnp.exp(_log_phi(a) + log1mexp(jnp.minimum(gap, 0.0)) - log_z)
+    # (phi(a) - phi(b))/Z with 1 - e^gap as -expm1, smooth at gap = 0 (an interval symmetric
+    # about loc), where log(1 - e^gap) has an infinite derivative (NaN gradients); gap <= 0 to
+    # rounding (b >= -a here), and no clamp, whose tie at 0 would share out the derivative
+    left_mean = jnp.exp(_log_phi(a) - log_z) * -jnp.expm1(gap)
     a_pa = jnp.where(finite_a, fa * jnp.exp(_log_phi(a) - log_z), 0.0)
     b_pb = jnp.where(finite_b, fb * jnp.exp(_log_phi(b) - log_z), 0.0)
     left_var = 1 + a_pa - b_pb - left_mean * left_mean
