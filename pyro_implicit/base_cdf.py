@@ -43,7 +43,6 @@ from torch.distributions import (
     Normal,
     StudentT,
 )
-from torch.special import log_ndtr
 
 from .rice import Rice
 from .special import (
@@ -52,6 +51,7 @@ from .special import (
     gamma_log_cdf_pair,
     log1mexp,
     log_marcum_q,
+    log_ndtr,
     student_t_log_cdf_pair,
 )
 

@@ -26,10 +26,10 @@ import numpy as np
 import torch
 from pyro.distributions import TorchDistribution, constraints
 from torch.distributions.utils import broadcast_all
-from torch.special import erfc, erfcx, log_ndtr, ndtri
+from torch.special import erfc, erfcx, ndtri
 
 from ._implicit import implicit_reparameterize
-from .special import log1mexp
+from .special import log1mexp, log_ndtr
 
 __all__ = ["TruncatedNormal"]
 

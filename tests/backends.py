@@ -159,6 +159,14 @@ class TorchBackend:
         grads = self.torch.autograd.grad(out[output].sum(), ts)
         return [o.detach().numpy() for o in out], [g.numpy() for g in grads]
 
+    def special_derivatives(self, name, x, dtype):
+        """The elementwise special.<name>(x) of one argument and its first two derivatives."""
+        t = self._t(x, dtype, True)
+        value = getattr(self.lib.special, name)(t)
+        (d1,) = self.torch.autograd.grad(value.sum(), t, create_graph=True)
+        (d2,) = self.torch.autograd.grad(d1.sum(), t)
+        return [v.detach().numpy() for v in (value, d1, d2)]
+
     def special_hessian(self, name, args, output=0):
         """The second derivatives of output ``output`` of the elementwise special.<name>(*args),
         in float64, as ``h[i][j]`` (each per element), by a double backward."""
@@ -329,6 +337,13 @@ class JaxBackend:
         argnums = tuple(range(len(arrays)))
         grads = self.jax.grad(lambda *a: fn(*a)[output].sum(), argnums=argnums)(*arrays)
         return [np.asarray(o) for o in out], [np.asarray(g) for g in grads]
+
+    def special_derivatives(self, name, x, dtype):
+        fn = getattr(self.lib.special, name)
+        d1 = self.jax.vmap(self.jax.grad(fn))
+        d2 = self.jax.vmap(self.jax.grad(self.jax.grad(fn)))
+        t = self._a(x, dtype)
+        return [np.asarray(f(t), float) for f in (fn, d1, d2)]
 
     def special_hessian(self, name, args, output=0):
         """As TorchBackend.special_hessian, forward over reverse: the iterations run in

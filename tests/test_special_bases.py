@@ -327,26 +327,25 @@ def test_second_derivatives_match_mpmath(backend, name, output):
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-def test_jax_log_ndtr_matches_mpmath(dtype):
-    """numpyro_implicit.special.log_ndtr (JAX's errs by up to 9e-2 relative for 0 < x < 8) and
-    its first two derivatives, on [-80, 30] and beside the switches of its branches, against
-    mpmath at 40 digits (log Phi(x) as log1p(-Phi(-x)) for x > 0). Tolerances in float64: JAX's
-    erfc errs by up to 2e-13 relative beyond x = 20 (so does -Phi(-x) there), and the first two
-    derivatives are formed from values up to 3200 (x^2/2 at -80); in float32, some units of
-    rounding of those."""
-    jax = get_backend("jax").jax  # with 64-bit types enabled
-    from numpyro_implicit.special import log_ndtr
-
-    grid = np.concatenate([np.linspace(-80, 30, 221), [-37.01, -10.01, 1e-3, -1e-3]])
+def test_log_ndtr_matches_mpmath(backend, dtype):
+    """special.log_ndtr and its first two derivatives, on [-80, 30], beside the switches of its
+    branches, and far left (to -1e18), against mpmath at 100 digits (log Phi(x) as
+    log1p(-Phi(-x)) for x > 0). JAX's own log_ndtr errs by up to 9e-2 relative for 0 < x < 8;
+    PyTorch's derivative, exp(log phi - log Phi), was 4.5% off at -1000 in float32, 0.399 or 0
+    instead of 1e5 or 1e10 further out and NaN beyond (NaN gradients of truncated normals with a
+    bound 1e10 scales out, until 2026-12-06). 100 digits: the curvature -s (x + s) at -1e18
+    cancels 36 of them. Tolerances in float64: erfc errs by up to 2e-13
+    relative beyond x = 20 (so does -Phi(-x) there), and the first two derivatives are formed
+    from values up to 3200 (x^2/2 at -80); in float32, some units of rounding of those."""
+    far = [-1e3, -1e5, -1e10, -1e18]
+    grid = np.concatenate([np.linspace(-80, 30, 221), [-37.01, -10.01, 1e-3, -1e-3], far])
     x = grid.astype(dtype).astype(float)
-    with mp.workdps(40):
+    with mp.workdps(100):
         ref = np.array([float(mp.log1p(-mp.ncdf(-t)) if t > 0 else mp.log(mp.ncdf(t))) for t in x])
-        slope = np.array([float(mp.npdf(t) / mp.ncdf(t)) for t in x])
-    curvature = -slope * (x + slope)
-    xj = jax.numpy.asarray(x, dtype)
-    value = np.asarray(log_ndtr(xj), float)
-    d1 = np.asarray(jax.vmap(jax.grad(log_ndtr))(xj), float)
-    d2 = np.asarray(jax.vmap(jax.grad(jax.grad(log_ndtr)))(xj), float)
+        slopes = [mp.npdf(t) / mp.ncdf(t) for t in x]
+        slope = np.array([float(v) for v in slopes])
+        curvature = np.array([float(-v * (t + v)) for t, v in zip(x, slopes, strict=True)])
+    value, d1, d2 = backend.special_derivatives("log_ndtr", x, dtype)
     tiny = 1e6 * np.finfo(dtype).tiny  # values below it are all rounding
     rtol = (5e-13, 1e-12, 5e-12) if dtype == "float64" else (1e-5, 1e-5, 5e-5)
     big = np.abs(ref) > tiny

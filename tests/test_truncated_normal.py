@@ -449,6 +449,24 @@ def test_moment_gradients_on_intervals_symmetric_about_loc(tb, dtype, loc, scale
     assert np.allclose(ours, ref.T, rtol=tol, atol=tol), (ours, ref.T)
 
 
+@pytest.mark.parametrize("dtype,far", [("float32", 1e20), ("float64", 1e10), ("float64", 1e100)])
+def test_a_bound_far_out_acts_as_none(tb, dtype, far):
+    """high = `far` (in standard units) gives the log-CDF and log-survival function of the
+    one-sided law, with its gradients (in high, 0). PyTorch gave NaN gradients in loc, scale
+    and high until 2026-12-06: torch.special.log_ndtr's derivative, exp(log phi - log Phi), is
+    inf, 0 or NaN that far out; pyro_implicit.special.log_ndtr replaces it."""
+    for low, high, value in [(-1.0, far, 0.3), (-far, 1.0, -0.3)]:
+        ours = tb.log_tails_grads(0.0, 1.0, low, high, value, dtype)
+        one_sided = (low, None) if high == far else (None, high)
+        ref = tb.log_tails_grads(0.0, 1.0, *one_sided, value, dtype)
+        missing = 3 if high == far else 2  # the far bound's place among the gradients
+        for (v, g), (v_ref, g_ref) in zip(ours, ref, strict=True):
+            assert np.isclose(v, v_ref, rtol=1e-6 if dtype == "float32" else 1e-14)
+            assert g[missing] == 0
+            del g[missing]
+            assert np.allclose(g, g_ref, rtol=1e-5 if dtype == "float32" else 1e-12)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_log_prob_cdf_moments_match_scipy(tb, dtype):
     tol = 1e-10 if dtype == "float64" else 2e-5
