@@ -354,6 +354,26 @@ def _batch_leaves(dist, shape):
         return None
 
 
+def _broadcast(dist, shape):
+    """``dist`` with its pytree data broadcast to the batch shape ``shape``, distributions in it
+    (a StudentT's chi-square, a truncation's base) likewise, or ``None`` if some datum is
+    neither an array broadcastable to ``shape`` nor such a distribution."""
+    data, _ = dist.tree_flatten()
+    broadcast = []
+    for datum in data:
+        if isinstance(datum, Distribution):
+            datum = _broadcast(datum, shape)
+            if datum is None:
+                return None
+        else:
+            try:
+                datum = jnp.broadcast_to(jnp.asarray(datum), shape)
+            except (TypeError, ValueError):
+                return None
+        broadcast.append(datum)
+    return _with_leaves(dist, broadcast, shape)
+
+
 def _with_leaves(dist, data, batch_shape):
     """A distribution of the type of ``dist`` with pytree data ``data`` and ``batch_shape``."""
     _, aux = dist.tree_flatten()
@@ -366,7 +386,7 @@ def _unexpanded(component):
     """``component`` with NumPyro's ``ExpandedDistribution`` (what ``.expand`` makes of a
     distribution) replaced by the distribution it wraps, its parameters broadcast to the
     expanded batch shape, so that the family (its CDF and parameters) is seen; ``component``
-    itself where the parameters are not plain arrays."""
+    itself where the parameters are not arrays (or distributions of them)."""
     if isinstance(component, Independent):
         base = _unexpanded(component.base_dist)
         if base is component.base_dist:
@@ -380,10 +400,9 @@ def _unexpanded(component):
         base, shape = inner.base_dist, shape + tuple(inner.event_shape)
     else:
         base = inner
-    data = _batch_leaves(base, shape)
-    if data is None:
+    base = _broadcast(base, shape)
+    if base is None:
         return component
-    base = _with_leaves(base, data, shape)
     if isinstance(inner, Independent):
         return Independent(base, inner.reinterpreted_batch_ndims)
     return base

@@ -513,6 +513,16 @@ def test_components_bounded_far_out_stay_finite(mixtures, dtype, low):
     assert np.any(z < 10) and np.any(z >= low)  # both components drawn
 
 
+def test_truncated_normal_far_from_the_draws_stays_finite(mixtures):
+    """Float32 TruncatedNormal components on [0.018, inf) with scale 0.004 and on [355.5, inf)
+    with scale 264: the second's draws lie up to 1e6 scales into the first's right tail, where
+    torch.special.log_ndtr's derivative is 0 or NaN (NaN gradients in PyTorch until
+    2026-12-06, found by the fuzz)."""
+    params = [[0.0, 0.0], [0.004, 264.0], [0.018, 355.5], [np.inf, np.inf]]
+    ok, z, _ = mixtures.finite("TruncatedNormal", [0.0, 0.0], params, False, 4000, 0, "float32")
+    assert ok and np.max(z) > 900
+
+
 def test_components_bounded_at_their_support_end_stay_finite(mixtures):
     """Gamma components truncated to [0, 1] and [0, 20] in two dimensions: draws of the second
     above 1 lie outside the first, whose log-density was then evaluated at its lower bound 0,
@@ -934,6 +944,45 @@ def test_truncated_components_with_different_supports():
         # one-sided, as the components: an unconstrained parameter maps into it, finitely
         assert np.all(np.isfinite(np.asarray(biject_to(mix.support)(to_array([-5.0, 0.0, 5.0])))))
         assert np.allclose(np.asarray(mix.log_prob(to_array(x))), ref, rtol=1e-6)
+
+
+@pytest.mark.parametrize("family", ["StudentT", "TruncatedDistribution"])
+def test_expanded_components_with_nested_distributions(family):
+    """NumPyro: ``.expand`` of a family whose pytree holds a distribution (a StudentT's
+    chi-square, a truncation's base) gives the gradients and densities of the same components
+    with broadcast parameters; until 2026-12-06 such components raised a TypeError
+    (``ExpandedDistribution`` defines no ``cdf``), while the README promised ``.expand``."""
+    import jax
+    import jax.numpy as jnp
+    import numpyro.distributions as ndist
+
+    import numpyro_implicit
+
+    jax.config.update("jax_enable_x64", True)  # as tests/backends.py does
+    rng = np.random.default_rng(4)
+    logits, loc = rng.normal(size=2), rng.normal(size=2)
+    z = np.abs(rng.normal(size=(3, 4))) + 0.6  # inside [0.5, 4] for the truncation
+
+    def component(lc, expanded):
+        lc = lc[:, None] if expanded else jnp.broadcast_to(lc[:, None], (2, 4))
+        if family == "StudentT":
+            law = ndist.StudentT(3.0, lc, 1.5)
+        else:
+            law = numpyro_implicit.TruncatedDistribution(ndist.Logistic(lc, 0.7), low=0.5, high=4.0)
+        return (law.expand([2, 4]) if expanded else law).to_event(1)
+
+    def loss(lg, lc, expanded):
+        mix = numpyro_implicit.MixtureSameFamily(
+            ndist.Categorical(logits=lg), component(lc, expanded)
+        )
+        value = mix._reparameterize(jnp.asarray(z))
+        return jnp.sum(value**2) + jnp.sum(mix.log_prob(jnp.asarray(z)))
+
+    args = [jnp.asarray(p, jnp.float64) for p in (logits, loc)]
+    expanded, broadcast = (jax.grad(loss, argnums=(0, 1))(*args, e) for e in (True, False))
+    for g_expanded, g_broadcast in zip(expanded, broadcast, strict=True):
+        assert np.all(np.isfinite(g_expanded))
+        np.testing.assert_allclose(g_expanded, g_broadcast, rtol=1e-12, atol=1e-14)
 
 
 def test_expanded_components():
