@@ -37,7 +37,15 @@ from numpyro.util import is_prng_key, not_jax_tracer
 
 from ._implicit import implicit_reparameterize
 from ._validation import ConstraintMessageMixin, check_probability
-from .base_cdf import check_base, log_cdf_pair, parameters, rebuild, stand_in, support_bounds
+from .base_cdf import (
+    check_base,
+    log_cdf_pair,
+    log_hazards,
+    parameters,
+    rebuild,
+    stand_in,
+    support_bounds,
+)
 from .base_cdf import log_prob as base_log_prob
 from .special import log1mexp
 from .truncated_normal import TruncatedNormal, _at_most_zero, _check_ordered, _clamp
@@ -190,7 +198,8 @@ def _quantile(treedef, log_scale, leaves, low, high, log_u, log_1mu):
         x = jnp.exp(y) if log_scale else y
         log_f, log_s = log_cdf_pair(base, x)
         g = jnp.where(use_f, log_f - target_f, target_s - log_s)  # increasing in y
-        log_slope = base_log_prob(base, x) - jnp.where(use_f, log_f, log_s)
+        to_f, to_s = log_hazards(base, x, log_f, log_s)
+        log_slope = jnp.where(use_f, to_f, to_s)
         if log_scale:
             log_slope = log_slope + y
         below = g < 0

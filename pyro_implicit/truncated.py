@@ -30,7 +30,15 @@ from pyro.distributions import (
 from torch.distributions.utils import broadcast_all
 
 from ._implicit import implicit_reparameterize
-from .base_cdf import check_base, log_cdf_pair, parameters, rebuild, stand_in, support_bounds
+from .base_cdf import (
+    check_base,
+    log_cdf_pair,
+    log_hazards,
+    parameters,
+    rebuild,
+    stand_in,
+    support_bounds,
+)
 from .base_cdf import log_prob as base_log_prob
 from .special import log1mexp
 from .truncated_normal import TruncatedNormal, _at_most_zero, _check_ordered, _clamp
@@ -274,7 +282,8 @@ class TruncatedUnivariate(TorchDistribution):
             x = torch.exp(y) if log_scale else y
             log_f, log_s = log_cdf_pair(base, x)
             g = torch.where(use_f, log_f - target_f, target_s - log_s)  # increasing in y
-            log_slope = base_log_prob(base, x) - torch.where(use_f, log_f, log_s)
+            to_f, to_s = log_hazards(base, x, log_f, log_s)
+            log_slope = torch.where(use_f, to_f, to_s)
             if log_scale:
                 log_slope = log_slope + y
             below = g < 0
