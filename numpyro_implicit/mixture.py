@@ -326,52 +326,47 @@ def _univariate_base(component):
 
 def _select_component(base, indices, multivariate):
     """``base`` with its mixture axis replaced by the components ``indices`` (sample and batch
-    shape) select, or ``None`` unless ``base`` is a flat NumPyro pytree of batch-shaped arrays."""
+    shape) select, or ``None`` unless ``base``'s pytree data are batch-shaped arrays (or
+    distributions of them, as a StudentT's chi-square or a truncation's base)."""
     batch = tuple(base.batch_shape)
-    data = _batch_leaves(base, batch)
-    if data is None:  # None, a nested distribution, or a non-batch array
-        return None
     axis = len(batch) - (2 if multivariate else 1)  # the mixture axis of the base's batch
     shape = indices.shape[: indices.ndim - axis] + batch
     index = indices.reshape(indices.shape + (1,) * (len(batch) - axis))
-    data = [
-        jnp.squeeze(
-            jnp.take_along_axis(jnp.broadcast_to(leaf, shape), index, axis=-len(batch) + axis),
-            -len(batch) + axis,
+
+    def select(datum):
+        datum = jnp.broadcast_to(datum, shape)
+        return jnp.squeeze(
+            jnp.take_along_axis(datum, index, axis=axis - len(batch)), axis - len(batch)
         )
-        for leaf in data
-    ]
-    return _with_leaves(base, data, data[0].shape if data else ())
 
-
-def _batch_leaves(dist, shape):
-    """The pytree data of ``dist`` broadcast to ``shape``, or ``None`` if it is not all arrays
-    broadcastable to it."""
-    data, _ = dist.tree_flatten()
-    try:
-        return [jnp.broadcast_to(jnp.asarray(leaf), shape) for leaf in data]
-    except (TypeError, ValueError):
-        return None
+    return _map_data(base, select, indices.shape + batch[axis + 1 :])
 
 
 def _broadcast(dist, shape):
-    """``dist`` with its pytree data broadcast to the batch shape ``shape``, distributions in it
-    (a StudentT's chi-square, a truncation's base) likewise, or ``None`` if some datum is
-    neither an array broadcastable to ``shape`` nor such a distribution."""
+    """``dist`` with its pytree data broadcast to the batch shape ``shape`` (see
+    :func:`_map_data`), or ``None``."""
+    return _map_data(dist, lambda datum: jnp.broadcast_to(datum, shape), shape)
+
+
+def _map_data(dist, fn, batch_shape):
+    """A distribution of the type of ``dist`` with ``fn`` applied to each array of its pytree
+    data, and to those of the distributions among them (a StudentT's chi-square, a truncation's
+    base), each with the batch shape ``batch_shape``; ``None`` where a datum is neither or
+    ``fn`` refuses it."""
     data, _ = dist.tree_flatten()
-    broadcast = []
+    mapped = []
     for datum in data:
         if isinstance(datum, Distribution):
-            datum = _broadcast(datum, shape)
+            datum = _map_data(datum, fn, batch_shape)
             if datum is None:
                 return None
         else:
             try:
-                datum = jnp.broadcast_to(jnp.asarray(datum), shape)
+                datum = fn(jnp.asarray(datum))
             except (TypeError, ValueError):
                 return None
-        broadcast.append(datum)
-    return _with_leaves(dist, broadcast, shape)
+        mapped.append(datum)
+    return _with_leaves(dist, mapped, batch_shape)
 
 
 def _with_leaves(dist, data, batch_shape):
