@@ -166,7 +166,8 @@ def _log_ndtr_and_slope(x):
     near = torch.where(positive, torch.log1p(-small), torch.log(torch.where(positive, 0.5, small)))
     xf = torch.where(far, x, cut)
     inv = 1 / (xf * xf)
-    sum_ = 1 + inv * _polyval(_MILLS_SERIES, inv)  # Phi(x) -x / phi(x)
+    series = inv * _polyval(_MILLS_SERIES, inv)
+    sum_ = 1 + series  # Phi(x) -x / phi(x)
     far_value = -xf * xf / 2 - torch.log(-xf) - _HALF_LOG_2PI + torch.log(sum_)
     # phi/Phi: for x < 0 as sqrt(2/pi)/erfcx(-x/sqrt 2), free of the rounding of two exponents of
     # about -x^2/2 (1e-13 relative at -35 in float64, 1e-10 in x + s below)
@@ -180,7 +181,7 @@ def _log_ndtr_and_slope(x):
         ),
     )
     # x + s, which cancels far left: x (sum - 1)/sum there
-    shifted = torch.where(far, xf * inv * _polyval(_MILLS_SERIES, inv) / sum_, xn + slope)
+    shifted = torch.where(far, xf * series / sum_, xn + slope)
     return torch.where(far, far_value, near), slope, shifted
 
 
