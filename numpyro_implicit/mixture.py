@@ -353,7 +353,7 @@ def _map_data(dist, fn, batch_shape):
     data, and to those of the distributions among them (a StudentT's chi-square, a truncation's
     base), each with the batch shape ``batch_shape``; ``None`` where a datum is neither or
     ``fn`` refuses it."""
-    data, _ = dist.tree_flatten()
+    data, aux = dist.tree_flatten()
     mapped = []
     for datum in data:
         if isinstance(datum, Distribution):
@@ -366,15 +366,9 @@ def _map_data(dist, fn, batch_shape):
             except (TypeError, ValueError):
                 return None
         mapped.append(datum)
-    return _with_leaves(dist, mapped, batch_shape)
-
-
-def _with_leaves(dist, data, batch_shape):
-    """A distribution of the type of ``dist`` with pytree data ``data`` and ``batch_shape``."""
-    _, aux = dist.tree_flatten()
     aux = list(aux)
     aux[type(dist).gather_pytree_aux_fields().index("_batch_shape")] = tuple(batch_shape)
-    return type(dist).tree_unflatten(tuple(aux), tuple(data))
+    return type(dist).tree_unflatten(tuple(aux), tuple(mapped))
 
 
 def _unexpanded(component):
